@@ -1,0 +1,26 @@
+"""apib-kernels: fast HSIC statistics and HSIC Lasso for APIB channel pruning.
+
+Public ops (see each docstring for shapes):
+  centered_gram(x)      (n, C, *spatial) -> (C, n, n) centered per-channel Grams
+  hsic_matrix(x, y)     -> (Q (C, C), b (C,), c): the Gram-form HSIC Lasso statistics
+  hsic(x, y)            -> (C,) biased HSIC of each channel with y
+  available_backends()  -> backends usable here; `python -m apib_kernels.info` says why others are not
+"""
+
+from apib_kernels import reference
+from apib_kernels.backends import BACKENDS, BackendUnavailableError, available_backends
+from apib_kernels.ops import KERNELS, centered_gram, hsic, hsic_matrix, output_gram
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "KERNELS",
+    "BackendUnavailableError",
+    "available_backends",
+    "centered_gram",
+    "hsic",
+    "hsic_matrix",
+    "output_gram",
+    "reference",
+]

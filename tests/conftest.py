@@ -1,0 +1,35 @@
+import os
+
+import pytest
+import torch
+
+# Without a GPU the Triton kernels run in Triton's interpreter; it must be chosen before they are compiled.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from apib_kernels.backends import BACKENDS, unavailable_reason  # noqa: E402
+
+
+def backend_device(name: str) -> torch.device:
+    """Where a backend's test tensors live: GPU backends on the GPU (Triton interpreted on the CPU)."""
+    if name == "cuda" or (name == "triton" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+_MARKS = {"cuda": pytest.mark.cuda, "triton": pytest.mark.triton, "cpu": pytest.mark.ext}
+
+
+@pytest.fixture(params=[pytest.param(b, marks=_MARKS.get(b, ())) for b in BACKENDS])
+def backend(request):
+    """Each backend in turn, skipped with the reason when it cannot run here."""
+    name = request.param
+    reason = unavailable_reason(name, backend_device(name).type)
+    if reason:
+        pytest.skip(f"backend {name}: {reason}")
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

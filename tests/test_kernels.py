@@ -1,0 +1,188 @@
+"""Every backend's centered Grams and HSIC statistics against the float64 reference."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import apib_kernels as ak
+from apib_kernels import reference as ref
+from conftest import backend_device
+
+KERNEL_NAMES = ("laplace", "gaussian", "linear")
+
+SHAPES = [
+    (2, 1, (1, 1)),  # smallest legal n, one channel, one value per sample
+    (3, 3, (3, 5)),  # odd n, non-square spatial map
+    (17, 65, (1, 1)),  # odd n, C just past a power of two (tile remainders)
+    (17, 3, (14, 14)),  # ResNet-like 14x14 maps
+    (64, 65, (3, 5)),  # the reference's calibration size with an odd channel count
+    (64, 3, (14, 14)),
+    (33, 2, ()),  # (n, C) input: D = 1, plain feature selection
+]
+
+
+def _scale(t: torch.Tensor) -> float:
+    return max(float(t.abs().max()), 1e-12)
+
+
+def _assert_close(actual, expected, dtype, what: str):
+    """fp64 must agree to rounding; fp32 to a few ulps of the matrix's scale."""
+    tol = 1e-9 if dtype == torch.float64 else 5e-5
+    err = float((actual.double().cpu() - expected).abs().max()) / _scale(expected)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_centered_gram_matches_reference(backend, shape, kernel, dtype):
+    n, c, spatial = shape
+    x = torch.randn(n, c, *spatial, dtype=dtype) * 3 + 1
+    out = ak.centered_gram(x.to(backend_device(backend)), kernel, backend=backend)
+    assert out.shape == (c, n, n) and out.dtype == dtype
+    _assert_close(out, ref.centered_gram(x, kernel), dtype, f"{backend}/{kernel}")
+
+
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+@pytest.mark.parametrize("labels", [False, True], ids=["float-y", "label-y"])
+@pytest.mark.parametrize("shape", [(2, 1, (3, 5)), (17, 65, (1, 1)), (64, 3, (14, 14))], ids=str)
+def test_hsic_matrix_matches_reference(backend, shape, labels, kernel):
+    n, c, spatial = shape
+    x = torch.randn(n, c, *spatial, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,)) if labels else torch.randn(n, 10, dtype=torch.float64)
+    dev = backend_device(backend)
+    q, b, cc = ak.hsic_matrix(x.to(dev), y.to(dev), kernel, backend=backend)
+    q_ref, b_ref, c_ref = ref.hsic_matrix(x, y, kernel)
+    assert q.shape == (c, c) and b.shape == (c,) and cc.shape == ()
+    _assert_close(q, q_ref, torch.float64, "Q")
+    _assert_close(b, b_ref, torch.float64, "b")
+    _assert_close(cc, c_ref, torch.float64, "c")
+    assert torch.equal(q, q.T), "Q must be exactly symmetric"
+
+
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_hsic_matrix_tiled_equals_direct(backend, kernel):
+    # a memory limit below C*n^2 forces the two-pass row-tiled path, with an awkward block size
+    x = torch.randn(23, 4, 3, 5, dtype=torch.float64, device=backend_device(backend))
+    y = torch.randn(23, 2, dtype=torch.float64, device=x.device)
+    direct = ak.hsic_matrix(x, y, kernel, backend=backend)
+    tiled = ak.hsic_matrix(x, y, kernel, backend=backend, memory_limit=4 * 23 * 8 * 3)
+    for a, b in zip(direct, tiled, strict=True):
+        _assert_close(a, b.double().cpu(), torch.float64, "tiled vs direct")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_constant_channels_give_zero_not_nan(backend, kernel, dtype):
+    x = torch.randn(17, 3, 3, 5, dtype=dtype)
+    x[:, 1] = 1000.0  # large offset: exact cancellation is needed for a zero Gram
+    dev = backend_device(backend)
+    kbar = ak.centered_gram(x.to(dev), kernel, backend=backend).cpu()
+    assert torch.isfinite(kbar).all()
+    assert kbar[1].abs().max() <= 1e-6 * max(1.0, float(kbar.abs().max()))
+    q, b, _ = ak.hsic_matrix(x.to(dev), torch.randn(17, 2, dtype=dtype, device=dev), kernel, backend=backend)
+    assert torch.isfinite(q).all() and torch.isfinite(b).all()
+    assert abs(float(b[1])) <= 1e-6 * _scale(b) and q[1].abs().max() <= 1e-6 * _scale(q)
+
+
+def test_non_contiguous_inputs(backend):
+    dev = backend_device(backend)
+    base = torch.randn(5, 13, 4, 7, dtype=torch.float64)
+    x = base.permute(1, 0, 3, 2)[:, ::2]  # (13, 3, 7, 4), every stride unusual
+    assert not x.is_contiguous()
+    _assert_close(ak.centered_gram(x.to(dev), backend=backend), ref.centered_gram(x), torch.float64, "strided")
+    q, b, _ = ak.hsic_matrix(x.to(dev), x[:, 0].to(dev), backend=backend)
+    q_ref, b_ref, _ = ref.hsic_matrix(x, x[:, 0])
+    _assert_close(q, q_ref, torch.float64, "strided Q")
+    _assert_close(b, b_ref, torch.float64, "strided b")
+
+
+@pytest.mark.parametrize("shape", [(6, 1, 5), (6, 3, 5), (6, 3)], ids=["C=1", "C=3", "D=1"])
+def test_inputs_are_never_modified(backend, shape):
+    dev = backend_device(backend)
+    x = torch.randn(*shape, dtype=torch.float64, device=dev)
+    y = torch.randn(shape[0], dtype=torch.float64, device=dev)
+    x0, y0 = x.clone(), y.clone()
+    ak.centered_gram(x, backend=backend)
+    ak.hsic_matrix(x, y, backend=backend)
+    ak.hsic_matrix(x, y, backend=backend, memory_limit=64)
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32(backend, dtype):
+    x = torch.randn(17, 3, 3, 5).to(dtype)
+    out = ak.centered_gram(x.to(backend_device(backend)), backend=backend)
+    assert out.dtype == torch.float32
+    _assert_close(out, ref.centered_gram(x), torch.float32, "half input")
+
+
+def test_hsic_normalisation(backend):
+    x = torch.randn(9, 4, 2, 2, dtype=torch.float64)
+    y = torch.randint(0, 2, (9,))
+    dev = backend_device(backend)
+    h = ak.hsic(x.to(dev), y.to(dev), backend=backend)
+    _assert_close(h, ref.hsic(x, y), torch.float64, "hsic")
+    _, b, _ = ak.hsic_matrix(x.to(dev), y.to(dev), backend=backend)
+    assert torch.allclose(h, b / 81)
+
+
+def test_explicit_gamma_and_y_kernel(backend):
+    x = torch.randn(12, 2, 3, dtype=torch.float64)
+    y = torch.randn(12, 3, dtype=torch.float64)
+    dev = backend_device(backend)
+    q, b, c = ak.hsic_matrix(x.to(dev), y.to(dev), "gaussian", "linear", gamma=0.7, y_gamma=2.0, backend=backend)
+    q_ref, b_ref, c_ref = ref.hsic_matrix(x, y, "gaussian", "linear", gamma=0.7)
+    for a, e in ((q, q_ref), (b, b_ref), (c, c_ref)):
+        _assert_close(a, e, torch.float64, "explicit gamma")
+
+
+BAD_CALLS = [
+    (lambda: ak.centered_gram(torch.randn(1, 3, 4)), ValueError, "n >= 2"),
+    (lambda: ak.centered_gram(torch.randn(5)), ValueError, "shape \\(n, C"),
+    (lambda: ak.centered_gram(torch.randn(5, 0, 3)), ValueError, "at least one channel"),
+    (lambda: ak.centered_gram(torch.randn(5, 2, 0)), ValueError, "empty spatial"),
+    (lambda: ak.centered_gram(torch.tensor([[1.0, math.nan]] * 3)), ValueError, "NaN or infinite"),
+    (lambda: ak.centered_gram(torch.randn(4, 2, dtype=torch.complex64)), TypeError, "complex"),
+    (lambda: ak.centered_gram(torch.ones(4, 2, dtype=torch.int64)), TypeError, "floating-point"),
+    (lambda: ak.centered_gram([[1.0]]), TypeError, "torch.Tensor"),
+    (lambda: ak.centered_gram(torch.randn(4, 2), "cosine"), ValueError, "kernel must be one of"),
+    (lambda: ak.centered_gram(torch.randn(4, 2), gamma=0.0), ValueError, "gamma must be a positive"),
+    (lambda: ak.centered_gram(torch.randn(4, 2), gamma=-1), ValueError, "gamma must be a positive"),
+    (lambda: ak.centered_gram(torch.randn(4, 2), backend="tpu"), ValueError, "backend must be one of"),
+    (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.randn(5)), ValueError, "n = 4 samples"),
+    (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.tensor([0.0, 1, math.inf, 2])), ValueError, "y contains"),
+    (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.zeros(4, 2, dtype=torch.long)), ValueError, "class labels"),
+    (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.randn(4, 2), y_kernel="delta"), ValueError, "'delta'"),
+    (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.randn(4), y_gamma=-2.0), ValueError, "y_gamma"),
+    (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.randn(4), memory_limit=0), ValueError, "memory_limit"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", BAD_CALLS, ids=[m for _, _, m in BAD_CALLS])
+def test_bad_input_is_rejected_with_a_clear_error(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_explicit_unavailable_backend_raises_with_reason():
+    with pytest.raises(ak.BackendUnavailableError, match="cuda.*CUDA tensors only"):
+        ak.centered_gram(torch.randn(4, 2), backend="cuda")
+
+
+def test_env_variable_chooses_backend(monkeypatch):
+    monkeypatch.setenv("APIB_BACKEND", "cuda")
+    with pytest.raises(ak.BackendUnavailableError):
+        ak.centered_gram(torch.randn(4, 2))
+    monkeypatch.setenv("APIB_BACKEND", "torch")
+    assert ak.centered_gram(torch.randn(4, 2)).shape == (2, 4, 4)
+
+
+def test_available_backends_and_info():
+    assert "torch" in ak.available_backends()
+    assert set(ak.available_backends("cpu")) <= set(ak.BACKENDS)
+    out = subprocess.run([sys.executable, "-m", "apib_kernels.info"], capture_output=True, text=True, check=True)
+    assert "backends:" in out.stdout and "torch   available" in out.stdout
