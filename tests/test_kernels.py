@@ -48,7 +48,16 @@ def test_centered_gram_matches_reference(backend, shape, kernel, dtype):
 
 @pytest.mark.parametrize("kernel", KERNEL_NAMES)
 @pytest.mark.parametrize("labels", [False, True], ids=["float-y", "label-y"])
-@pytest.mark.parametrize("shape", [(2, 1, (3, 5)), (17, 65, (1, 1)), (64, 3, (14, 14))], ids=str)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (2, 1, (3, 5)),
+        (17, 65, (1, 1)),
+        (64, 3, (14, 14)),
+        (5, 257, (2,)),  # C past two 128-channel blocks of the block-triangular Q product
+    ],
+    ids=str,
+)
 def test_hsic_matrix_matches_reference(backend, shape, labels, kernel):
     n, c, spatial = shape
     x = torch.randn(n, c, *spatial, dtype=torch.float64)
