@@ -67,7 +67,7 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard is torch's choice (C++20 for torch 2.14)
     kwargs = dict(
         name="apib_kernels._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
@@ -78,7 +78,7 @@ def _extensions():
               f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})")
         ext = CUDAExtension(
             sources=sources + sorted(glob.glob("csrc/cuda/*.cu")),
-            extra_compile_args={"cxx": cxx_flags + ["-DAPIB_WITH_CUDA"], "nvcc": ["-O3", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx_flags + ["-DAPIB_WITH_CUDA"], "nvcc": ["-O3"]},
             **kwargs,
         )
     else:

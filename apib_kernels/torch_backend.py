@@ -34,11 +34,14 @@ def _prepare(x: torch.Tensor):
     return xt, torch.linalg.vector_norm(xt, dim=-1).square_()
 
 
-def kernel_row_means(x: torch.Tensor, kernel: int, gamma: float, block_rows: int | None = None) -> torch.Tensor:
-    """x (n, C, D) -> row means of each channel's kernel matrix, (C, n); memory O(C * block_rows * n)."""
-    n = x.shape[0]
+_ROW_MEANS_BLOCK_ELEMS = 1 << 26
+
+
+def kernel_row_means(x: torch.Tensor, kernel: int, gamma: float) -> torch.Tensor:
+    """x (n, C, D) -> row means of each channel's kernel matrix, (C, n); at most 2^26 kernel values at once."""
+    n, c = x.shape[:2]
     xt, sq = _prepare(x)
-    step = block_rows or n
+    step = max(1, _ROW_MEANS_BLOCK_ELEMS // (c * n))
     return torch.cat(
         [_kernel_rows(xt, sq, kernel, gamma, s, min(s + step, n)).mean(-1) for s in range(0, n, step)], dim=1
     )
