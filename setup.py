@@ -74,8 +74,10 @@ def _extensions():
         extra_link_args=["-fopenmp"],
     )
     if cuda_home:
-        print(f"apib-kernels: building CPU and CUDA kernels (CUDA_HOME={cuda_home}, "
-              f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})")
+        print(
+            f"apib-kernels: building CPU and CUDA kernels (CUDA_HOME={cuda_home}, "
+            f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})"
+        )
         ext = CUDAExtension(
             sources=sources + sorted(glob.glob("csrc/cuda/*.cu")),
             extra_compile_args={"cxx": cxx_flags + ["-DAPIB_WITH_CUDA"], "nvcc": ["-O3"]},

@@ -5,11 +5,15 @@ Public ops (see each docstring for shapes):
   hsic_matrix(x, y)     -> (Q (C, C), b (C,), c): the Gram-form HSIC Lasso statistics
   hsic(x, y)            -> (C,) biased HSIC of each channel with y
   available_backends()  -> backends usable here; `python -m apib_kernels.info` says why others are not
+  hsic_lasso(x, y)      -> HSICLassoResult: the channels (features) kept by the HSIC Lasso
+  lasso_gram(Q, b, alpha, n_rows), lasso_path(Q, b, n_rows), alpha_max(b, n_rows): the Gram-form Lasso
 """
 
 from apib_kernels import reference
 from apib_kernels.backends import BACKENDS, BackendUnavailableError, available_backends
+from apib_kernels.lasso import alpha_max, lasso_gram, lasso_path
 from apib_kernels.ops import KERNELS, centered_gram, hsic, hsic_matrix, output_gram
+from apib_kernels.selection import HSICLassoResult, hsic_lasso
 
 __version__ = "0.1.0"
 
@@ -17,10 +21,15 @@ __all__ = [
     "BACKENDS",
     "KERNELS",
     "BackendUnavailableError",
+    "HSICLassoResult",
+    "alpha_max",
     "available_backends",
     "centered_gram",
     "hsic",
+    "hsic_lasso",
     "hsic_matrix",
+    "lasso_gram",
+    "lasso_path",
     "output_gram",
     "reference",
 ]

@@ -26,7 +26,12 @@ except ImportError as err:
 
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether the dispatcher holds a kernel for `apib::op` under `dispatch_key` ("CPU", "CUDA")."""
-    return EXT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(f"apib::{op}", dispatch_key)
+    if EXT_ERROR is not None:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"apib::{op}", dispatch_key)
+    except RuntimeError:  # an extension built before the op existed does not declare it
+        return False
 
 
 if EXT_ERROR is None:

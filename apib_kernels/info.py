@@ -21,7 +21,9 @@ def report() -> str:
     except ImportError:
         lines.append("triton       not installed")
     if torch.cuda.is_available():
-        lines.append(f"gpu          {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")
+        lines.append(
+            f"gpu          {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})"
+        )
     else:
         lines.append("gpu          none visible")
     lines.append(f"extension    {'loaded' if _ext.EXT_ERROR is None else _ext.EXT_ERROR}")

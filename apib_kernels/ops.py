@@ -96,7 +96,9 @@ def output_gram(y, n: int, y_kernel=None, y_gamma=None, *, like: torch.Tensor, b
     """
     _check_tensor(y, "y")
     if y.dim() == 0 or y.shape[0] != n:
-        raise ValueError(f"y must have n = {n} samples in its first dimension (like x), got shape {tuple(y.shape)}")
+        raise ValueError(
+            f"y must have n = {n} samples in its first dimension (like x), got shape {tuple(y.shape)}"
+        )
     if y.device != like.device:
         raise ValueError(f"y must be on x's device {like.device}, got {y.device}")
     _check_finite(y, "y")
@@ -105,7 +107,9 @@ def output_gram(y, n: int, y_kernel=None, y_gamma=None, *, like: torch.Tensor, b
         y_kernel = "delta" if labels else "laplace"
     if y_kernel == "delta":
         if y.dim() != 1:
-            raise ValueError(f"y_kernel 'delta' needs y of shape (n,) class labels, got shape {tuple(y.shape)}")
+            raise ValueError(
+                f"y_kernel 'delta' needs y of shape (n,) class labels, got shape {tuple(y.shape)}"
+            )
         return _label_gram(y, like.dtype)
     if labels and y.dim() != 1:
         raise ValueError(f"integer y must be (n,) class labels, got shape {tuple(y.shape)}")
@@ -163,8 +167,9 @@ def hsic_matrix(
     kernel, g = _kernel_args(kernel, gamma, d, ("kernel", "gamma"))
     if y_kernel is None and isinstance(y, torch.Tensor) and y.is_floating_point():
         y_kernel = kernel
-    if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, int)
-                                     or memory_limit <= 0):
+    if memory_limit is not None and (
+        isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit <= 0
+    ):
         raise ValueError(f"memory_limit must be a positive number of bytes or None, got {memory_limit!r}")
     be = resolve_backend(backend, f.device)
     lbar = output_gram(y, n, y_kernel, y_gamma, like=f, backend=backend)
@@ -187,8 +192,9 @@ def hsic_matrix(
     return q, b, (lbar * lbar).sum()
 
 
-def hsic(x, y, kernel: str = "laplace", y_kernel=None, gamma=None, y_gamma=None, *, backend=None,
-         memory_limit=None) -> torch.Tensor:
+def hsic(
+    x, y, kernel: str = "laplace", y_kernel=None, gamma=None, y_gamma=None, *, backend=None, memory_limit=None
+) -> torch.Tensor:
     """Each channel's biased HSIC with y: HSIC_b(x_k, y) = tr(K_k H L H) / n² = b_k / n², shape (C,).
 
     (Gretton et al.'s biased estimator with the 1/n² normalisation; the unnormalised b is what

@@ -15,4 +15,5 @@ TORCH_LIBRARY(apib, m) {
   m.def(
       "centered_gram(Tensor x, int kernel, float gamma, int row_start, int row_stop, Tensor? row_means) "
       "-> Tensor");
+  m.def("lasso_cd(Tensor Q, Tensor b, Tensor alpha, Tensor coef0, float n_rows, bool positive, float tol, int max_iter, bool newton) -> (Tensor, Tensor, Tensor)");
 }

@@ -16,7 +16,9 @@ from apib_kernels import reference
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--samples", type=int, default=400, help="calibration samples n (default 400)")
     args = parser.parse_args()
     digits = load_digits()

@@ -14,7 +14,9 @@ def test_extension_is_built_and_loaded():
     assert _ext.has_kernel("centered_gram", "CPU") and _ext.has_kernel("kernel_row_means", "CPU")
 
 
-@pytest.mark.skipif(os.environ.get("APIB_EXPECT_CUDA_BUILD") != "1", reason="APIB_EXPECT_CUDA_BUILD=1 not set")
+@pytest.mark.skipif(
+    os.environ.get("APIB_EXPECT_CUDA_BUILD") != "1", reason="APIB_EXPECT_CUDA_BUILD=1 not set"
+)
 def test_cuda_kernels_are_compiled_in():
     # compiled and linked even on a GPU-less build machine
     assert _ext.EXT_ERROR is None, _ext.EXT_ERROR

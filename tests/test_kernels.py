@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import torch
+from conftest import backend_device
 
 import apib_kernels as ak
 from apib_kernels import reference as ref
-from conftest import backend_device
 
 KERNEL_NAMES = ("laplace", "gaussian", "linear")
 
@@ -102,7 +102,9 @@ def test_non_contiguous_inputs(backend):
     base = torch.randn(5, 13, 4, 7, dtype=torch.float64)
     x = base.permute(1, 0, 3, 2)[:, ::2]  # (13, 3, 7, 4), every stride unusual
     assert not x.is_contiguous()
-    _assert_close(ak.centered_gram(x.to(dev), backend=backend), ref.centered_gram(x), torch.float64, "strided")
+    _assert_close(
+        ak.centered_gram(x.to(dev), backend=backend), ref.centered_gram(x), torch.float64, "strided"
+    )
     q, b, _ = ak.hsic_matrix(x.to(dev), x[:, 0].to(dev), backend=backend)
     q_ref, b_ref, _ = ref.hsic_matrix(x, x[:, 0])
     _assert_close(q, q_ref, torch.float64, "strided Q")
@@ -143,7 +145,9 @@ def test_explicit_gamma_and_y_kernel(backend):
     x = torch.randn(12, 2, 3, dtype=torch.float64)
     y = torch.randn(12, 3, dtype=torch.float64)
     dev = backend_device(backend)
-    q, b, c = ak.hsic_matrix(x.to(dev), y.to(dev), "gaussian", "linear", gamma=0.7, y_gamma=2.0, backend=backend)
+    q, b, c = ak.hsic_matrix(
+        x.to(dev), y.to(dev), "gaussian", "linear", gamma=0.7, y_gamma=2.0, backend=backend
+    )
     q_ref, b_ref, c_ref = ref.hsic_matrix(x, y, "gaussian", "linear", gamma=0.7)
     for a, e in ((q, q_ref), (b, b_ref), (c, c_ref)):
         _assert_close(a, e, torch.float64, "explicit gamma")
@@ -163,8 +167,16 @@ BAD_CALLS = [
     (lambda: ak.centered_gram(torch.randn(4, 2), gamma=-1), ValueError, "gamma must be a positive"),
     (lambda: ak.centered_gram(torch.randn(4, 2), backend="tpu"), ValueError, "backend must be one of"),
     (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.randn(5)), ValueError, "n = 4 samples"),
-    (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.tensor([0.0, 1, math.inf, 2])), ValueError, "y contains"),
-    (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.zeros(4, 2, dtype=torch.long)), ValueError, "class labels"),
+    (
+        lambda: ak.hsic_matrix(torch.randn(4, 2), torch.tensor([0.0, 1, math.inf, 2])),
+        ValueError,
+        "y contains",
+    ),
+    (
+        lambda: ak.hsic_matrix(torch.randn(4, 2), torch.zeros(4, 2, dtype=torch.long)),
+        ValueError,
+        "class labels",
+    ),
     (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.randn(4, 2), y_kernel="delta"), ValueError, "'delta'"),
     (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.randn(4), y_gamma=-2.0), ValueError, "y_gamma"),
     (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.randn(4), memory_limit=0), ValueError, "memory_limit"),
@@ -193,5 +205,7 @@ def test_env_variable_chooses_backend(monkeypatch):
 def test_available_backends_and_info():
     assert "torch" in ak.available_backends()
     assert set(ak.available_backends("cpu")) <= set(ak.BACKENDS)
-    out = subprocess.run([sys.executable, "-m", "apib_kernels.info"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "apib_kernels.info"], capture_output=True, text=True, check=True
+    )
     assert "backends:" in out.stdout and "torch   available" in out.stdout

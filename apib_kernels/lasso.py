@@ -1,0 +1,460 @@
+"""The HSIC Lasso in Gram form: everything after `hsic_matrix` is a C×C problem.
+
+    minimise  (βᵀQβ − 2bᵀβ + c) / (2·n_rows) + alpha·‖β‖₁      (optionally β ≥ 0)
+
+With Q = AᵀA, b = Aᵀy, c = yᵀy for a design A of n_rows rows this is exactly scikit-learn's
+`Lasso(fit_intercept=False)` objective ‖y − Aβ‖² / (2·n_rows) + alpha·‖β‖₁, so its alpha carries over
+(for the HSIC Lasso, n_rows = n², the number of entries of a centered Gram). c only shifts the value,
+so the solvers never need it.
+
+Solver: cyclic coordinate descent on the Gram form (gradient g = b − Qβ kept up to date, O(C) per
+coordinate that moves, O(1) per one that does not), glmnet-style alternation of full sweeps and sweeps
+over the non-zero coordinates, and a support Newton step that ends the long tail CD has on correlated
+Grams: a move to the exact minimiser on the current sign pattern (stopped where a coefficient would
+change sign), preceded, while Q restricted to the support is singular (duplicated channels, more
+non-zeros than the design's rank), by moves along its null directions that drop coefficients. No move
+increases the objective. The
+compiled op `apib::lasso_cd` (csrc/cpu/lasso_cpu.cpp, problems in parallel) runs it when the extension
+is built; otherwise a numpy implementation of the same steps does. All arithmetic is float64 on the
+CPU: the problems are C×C and their conditioning makes float32 too coarse.
+
+Stopping rule (`tol`): after a full sweep, stop when every coordinate satisfies the optimality (KKT)
+conditions to within tol·max|b|, i.e. max_j v_j ≤ tol·max|b| with
+    v_j = |g_j − λ·sign(β_j)| for β_j ≠ 0,   v_j = max(|g_j| − λ, 0) (positive: max(g_j − λ, 0)) for β_j = 0,
+λ = alpha·n_rows and max|b| = n_rows·alpha_max(b, positive=False) the gradient's scale at β = 0. Unlike
+scikit-learn's duality gap this needs no c, and at the returned β the objective is within
+tol·max|b|·‖β − β*‖₁ / n_rows of the optimum. `max_iter` bounds the number of sweeps (full or over the
+non-zero coordinates); problems that hit it are logged as a warning.
+"""
+
+import logging
+import math
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+
+from apib_kernels import _ext
+
+logger = logging.getLogger("apib_kernels")
+
+# keep equal to kPivotRel and kObjectiveSlack in csrc/cpu/lasso_cpu.cpp
+_PIVOT_REL = 1e-10
+_OBJECTIVE_SLACK = 1e-13
+
+__all__ = ["alpha_max", "lasso_gram", "lasso_objective", "lasso_path"]
+
+
+if _ext.has_kernel("lasso_cd", "CPU"):
+
+    @torch.library.register_fake("apib::lasso_cd")
+    def _lasso_cd_fake(Q, b, alpha, coef0, n_rows, positive, tol, max_iter, newton):
+        return b.new_empty(b.shape), b.new_empty(b.shape[:1], dtype=torch.int64), b.new_empty(b.shape[:1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _check_float_tensor(t, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _check_number(v, name: str, *, positive: bool = False) -> float:
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, Real)
+        or not math.isfinite(v)
+        or v < 0
+        or (positive and v == 0)
+    ):
+        need = "a positive finite number" if positive else "a finite number >= 0"
+        raise ValueError(f"{name} must be {need}, got {v!r}")
+    return float(v)
+
+
+def _check_int(v, name: str, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, Integral) or v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def _problems(Q, b):
+    """Validates Q (C, C) / (B, C, C) and b (C,) / (B, C); returns float64 CPU copies (B, C, C), (B, C),
+    whether the input was batched, and the result dtype and device."""
+    _check_float_tensor(Q, "Q")
+    _check_float_tensor(b, "b")
+    if Q.dim() not in (2, 3) or Q.shape[-1] != Q.shape[-2] or Q.shape[-1] == 0:
+        raise ValueError(
+            f"Q must be a square (C, C) matrix or a (B, C, C) batch with C >= 1, got shape {tuple(Q.shape)}"
+        )
+    batched = Q.dim() == 3
+    if b.shape != Q.shape[:-1]:
+        want = "(B, C)" if batched else "(C,)"
+        raise ValueError(f"b must have shape {want} = {tuple(Q.shape[:-1])} to match Q, got {tuple(b.shape)}")
+    if b.device != Q.device:
+        raise ValueError(f"b must be on Q's device {Q.device}, got {b.device}")
+    _check_finite(Q, "Q")
+    _check_finite(b, "b")
+    q = Q.detach().to("cpu", torch.float64).reshape(-1, *Q.shape[-2:])
+    if bool((q.diagonal(dim1=1, dim2=2) < 0).any()):
+        raise ValueError("Q must be positive semidefinite, but it has a negative diagonal entry")
+    # Only the symmetric part enters the objective; averaging removes GEMM rounding asymmetry.
+    q = (q + q.transpose(1, 2)) * 0.5
+    bb = b.detach().to("cpu", torch.float64).reshape(q.shape[:2])
+    return q.contiguous(), bb.contiguous(), batched, torch.promote_types(Q.dtype, b.dtype), Q.device
+
+
+def _alphas(alpha, batch: int, batched: bool) -> torch.Tensor:
+    """alpha as a float64 CPU tensor (B,), from a number, a 0-dim tensor or (batched) a (B,) tensor."""
+    if isinstance(alpha, torch.Tensor):
+        if alpha.is_complex() or alpha.dtype == torch.bool:
+            raise TypeError(f"alpha must be real, got {alpha.dtype}")
+        if alpha.dim() == 0 or (batched and alpha.shape == (batch,)):
+            a = alpha.detach().to("cpu", torch.float64).expand(batch)
+        else:
+            want = f"a scalar or shape (B,) = ({batch},)" if batched else "a scalar"
+            raise ValueError(f"alpha must be {want}, got shape {tuple(alpha.shape)}")
+    elif isinstance(alpha, Real) and not isinstance(alpha, bool):
+        a = torch.full((batch,), float(alpha), dtype=torch.float64)
+    else:
+        raise TypeError(f"alpha must be a number or a tensor, got {type(alpha).__name__}")
+    if not bool(torch.isfinite(a).all()) or bool((a < 0).any()):
+        raise ValueError(f"alpha must be finite and >= 0, got {alpha!r}")
+    return a.contiguous()
+
+
+def _start(coef0, b: torch.Tensor, batched: bool, positive: bool) -> torch.Tensor:
+    """coef0 (C,) / (B, C) as a float64 CPU (B, C) start; zeros if None."""
+    if coef0 is None:
+        return torch.zeros_like(b)
+    _check_float_tensor(coef0, "coef0")
+    want = b.shape if batched else b.shape[1:]
+    if coef0.shape != want:
+        raise ValueError(f"coef0 must have b's shape {tuple(want)}, got {tuple(coef0.shape)}")
+    _check_finite(coef0, "coef0")
+    c0 = coef0.detach().to("cpu", torch.float64).reshape(b.shape).clone()
+    return c0.clamp_(min=0) if positive else c0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The solver: compiled op, or the same algorithm in numpy
+
+
+def _sweep(Q, d, beta, g, lam, positive, idx) -> bool:
+    changed = False
+    for j in idx:
+        dj = d[j]
+        if dj <= 0:
+            continue
+        old = beta[j]
+        z = g[j] + dj * old
+        if z > lam:
+            nb = (z - lam) / dj
+        elif not positive and z < -lam:
+            nb = (z + lam) / dj
+        else:
+            nb = 0.0
+        if nb == old:
+            continue
+        g -= (nb - old) * Q[j]
+        changed = changed or (nb > 0) != (old > 0) or (nb < 0) != (old < 0)
+        beta[j] = nb
+    return changed
+
+
+def _violation(d, beta, g, lam, positive, idx) -> float:
+    if len(idx) == 0:
+        return 0.0
+    bj, gj = beta[idx], g[idx]
+    zero = np.maximum((gj if positive else np.abs(gj)) - lam, 0.0)
+    v = np.where(bj > 0, np.abs(gj - lam), np.where(bj < 0, np.abs(gj + lam), zero))
+    v = np.where(d[idx] > 0, v, 0.0)
+    return float(v.max())
+
+
+def _gradient(Q, b, beta):
+    g = b.copy()
+    for j in np.flatnonzero(beta):
+        g -= beta[j] * Q[j]
+    return g
+
+
+def _objective_g(b, beta, g, lam) -> float:
+    return float(np.sum(beta * (-0.5 * (b + g)))) + lam * float(np.abs(beta).sum())
+
+
+def _cholesky(M):
+    """Lower Cholesky factor of M, column by column -> (L, -1), or (L, c) at the first column c whose
+    pivot is numerically zero (L complete for the columns before c and row c left of the diagonal)."""
+    k = len(M)
+    L = np.zeros_like(M)
+    for c in range(k):
+        s = M[c, c] - L[c, :c] @ L[c, :c]
+        if not s > _PIVOT_REL * M[c, c]:
+            return L, c
+        L[c, c] = math.sqrt(s)
+        L[c + 1 :, c] = (M[c + 1 :, c] - L[c + 1 :, :c] @ L[c, :c]) / L[c, c]
+    return L, -1
+
+
+def _step_length(bs, direction, t_max):
+    """Largest step <= t_max along direction before a coefficient reaches zero, and which (-1: none)."""
+    t, block = t_max, -1
+    for r in np.flatnonzero(((bs > 0) & (direction < 0)) | ((bs < 0) & (direction > 0))):
+        tj = -bs[r] / direction[r]
+        if tj < t:
+            t, block = tj, int(r)
+    return t, block
+
+
+def _newton(Q, b, beta, lam, idx):
+    """Support Newton step (see csrc/cpu/lasso_cpu.cpp): towards the minimiser on the current sign
+    pattern, after null-direction moves while Q_SS is singular. Returns (pattern changed, new g or None)."""
+    changed, g_out = False, None
+    for _ in range(len(idx) + 1):
+        moved, singular, g_new = _face_step(Q, b, beta, lam, idx)
+        changed = changed or moved == 1
+        g_out = g_new if g_new is not None else g_out
+        if moved < 0 or not singular:
+            break
+    return changed, g_out
+
+
+def _face_step(Q, b, beta, lam, idx):
+    """One move of _newton -> (-1: none, 0: made, 1: made and a coordinate dropped; null-direction
+    move?; new g or None)."""
+    S = np.array([j for j in idx if beta[j] != 0], dtype=np.int64)
+    if len(S) == 0:
+        return -1, False, None
+    bs = beta[S]
+    sigma_lam = np.where(bs > 0, lam, -lam)
+    L, fail = _cholesky(Q[np.ix_(S, S)])
+    g_old = _gradient(Q, b, beta)
+    if fail < 0:
+        x = np.linalg.solve(L.T, np.linalg.solve(L, b[S] - sigma_lam))
+        direction, t = x - bs, 1.0
+    else:
+        direction = np.zeros(len(S))
+        if fail:
+            direction[:fail] = -np.linalg.solve(L[:fail, :fail].T, L[fail, :fail])
+        direction[fail] = 1.0
+        slope = -float((g_old[S] - sigma_lam) @ direction)
+        if slope > 0 or (slope == 0 and _step_length(bs, direction, math.inf)[1] < 0):
+            direction = -direction
+        t = math.inf
+    t, block = _step_length(bs, direction, t)
+    if not math.isfinite(t):
+        return -1, fail >= 0, None
+    ts = bs + t * direction
+    if block >= 0:
+        ts[block] = 0.0
+    ts[((bs > 0) & (ts < 0)) | ((bs < 0) & (ts > 0))] = 0.0
+    trial = beta.copy()
+    trial[S] = ts
+    g_new = _gradient(Q, b, trial)
+    f_old = _objective_g(b, beta, g_old, lam)
+    if not _objective_g(b, trial, g_new, lam) <= f_old + _OBJECTIVE_SLACK * abs(f_old):
+        return -1, fail >= 0, None
+    dropped = bool(np.any((trial == 0) != (beta == 0)))
+    beta[:] = trial
+    return int(dropped), fail >= 0, g_new
+
+
+def _solve_one_numpy(Q, b, beta, lam, positive, tol, max_iter, newton):
+    C = len(b)
+    d = np.diag(Q).copy()
+    beta[(d <= 0) | (positive & (beta < 0))] = 0.0
+    scale = float(np.abs(b).max()) or 1.0
+    thr = tol * scale
+    g = _gradient(Q, b, beta)
+    every = np.arange(C)
+    it, pattern_new = 0, True
+    while it < max_iter:
+        if _sweep(Q, d, beta, g, lam, positive, range(C)):
+            pattern_new = True
+        it += 1
+        if _violation(d, beta, g, lam, positive, every) <= thr:
+            return it, _violation(d, beta, g, lam, positive, every) / scale
+        active = np.flatnonzero(beta)
+        active_list = active.tolist()
+        while it < max_iter:
+            changed = _sweep(Q, d, beta, g, lam, positive, active_list)
+            it += 1
+            pattern_new = pattern_new or changed
+            if _violation(d, beta, g, lam, positive, active) <= thr:
+                break
+            if newton and not changed and pattern_new:
+                pattern_new, g_new = _newton(Q, b, beta, lam, active_list)
+                if g_new is not None:
+                    g = g_new
+                if _violation(d, beta, g, lam, positive, active) <= thr:
+                    break
+    return it, _violation(d, beta, g, lam, positive, every) / scale
+
+
+def _solve_numpy(Q, b, alpha, coef0, n_rows, positive, tol, max_iter, newton):
+    q, bb, a = Q.numpy(), b.numpy(), alpha.numpy()
+    coef = coef0.numpy().copy()
+    n_iter = np.zeros(len(bb), dtype=np.int64)
+    viol = np.zeros(len(bb))
+    for p in range(len(bb)):
+        n_iter[p], viol[p] = _solve_one_numpy(
+            q[p], bb[p], coef[p], float(a[p]) * n_rows, positive, tol, max_iter, newton
+        )
+    return torch.from_numpy(coef), torch.from_numpy(n_iter), torch.from_numpy(viol)
+
+
+def _solve(Q, b, alpha, coef0, n_rows, positive, tol, max_iter, newton, compiled=None):
+    """Float64 CPU Q (B, C, C), b (B, C), alpha (B,), coef0 (B, C) -> coef (B, C), sweeps (B,) and the
+    final KKT violation / max|b| (B,)."""
+    if compiled is None:
+        compiled = _ext.has_kernel("lasso_cd", "CPU")
+    if compiled:
+        out = torch.ops.apib.lasso_cd(Q, b, alpha, coef0, n_rows, positive, tol, max_iter, newton)
+    else:
+        out = _solve_numpy(Q, b, alpha, coef0, n_rows, positive, tol, max_iter, newton)
+    coef, n_iter, viol = out
+    bad = viol > tol
+    if bool(bad.any()):
+        logger.warning(
+            "lasso: %d of %d problems did not converge in max_iter=%d sweeps (worst relative KKT "
+            "violation %.3g > tol=%.3g); raise max_iter or tol",
+            int(bad.sum()),
+            len(bad),
+            max_iter,
+            float(viol.max()),
+            tol,
+        )
+    return coef, n_iter, viol
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public API
+
+
+def lasso_gram(Q, b, alpha, n_rows, *, positive=True, tol=1e-7, max_iter=10_000, coef0=None, newton=True):
+    """Solves the Lasso in Gram form: argmin_β (βᵀQβ − 2bᵀβ)/(2·n_rows) + alpha·‖β‖₁ (β ≥ 0 if positive).
+
+    Q: (C, C) positive semidefinite (e.g. `hsic_matrix`'s Q; only its symmetric part is used),
+    b: (C,), alpha: a number ≥ 0 -> coef (C,).
+    Batched: Q (B, C, C), b (B, C), alpha a number or (B,), coef0 (B, C) -> coef (B, C): B independent
+    problems (several layers of equal width, or one layer at several penalties) in one call.
+    n_rows: the design's row count (n² for the HSIC Lasso of n samples); with Q = AᵀA, b = Aᵀy the
+    result is scikit-learn `Lasso(alpha, fit_intercept=False, positive=positive)` fitted on (A, y).
+    tol: relative KKT tolerance (module docstring); max_iter: maximum number of sweeps; coef0: warm
+    start (projected onto β ≥ 0 when positive); newton: allow support Newton steps (False: plain CD).
+    Coordinates with Q_jj = 0 (constant channels) get exactly 0.
+
+    float32 or float64 inputs; the solve runs in float64 on the CPU and the result has the promoted
+    input dtype and Q's device — CUDA inputs are copied to the CPU, since Q is only C×C (a batched GPU
+    solver is future work).
+    """
+    q, bb, batched, dtype, device = _problems(Q, b)
+    a = _alphas(alpha, bb.shape[0], batched)
+    n = _check_number(n_rows, "n_rows", positive=True)
+    t = _check_number(tol, "tol")
+    m = _check_int(max_iter, "max_iter", 1)
+    c0 = _start(coef0, bb, batched, bool(positive))
+    coef, _, _ = _solve(q, bb, a, c0, n, bool(positive), t, m, bool(newton))
+    coef = coef if batched else coef[0]
+    return coef.to(device=device, dtype=dtype)
+
+
+def lasso_objective(Q, b, c, coef, alpha, n_rows):
+    """(βᵀQβ − 2bᵀβ + c)/(2·n_rows) + alpha·‖β‖₁ in float64: scikit-learn's Lasso objective on the design.
+
+    Q (C, C), b (C,), coef (C,), c and alpha numbers -> 0-dim tensor; batched Q (B, C, C), b (B, C),
+    coef (B, C), c and alpha numbers or (B,) -> (B,). On the CPU, float64.
+    """
+    q, bb, batched, _, _ = _problems(Q, b)
+    a = _alphas(alpha, bb.shape[0], batched)
+    n = _check_number(n_rows, "n_rows", positive=True)
+    _check_float_tensor(coef, "coef")
+    if coef.shape != b.shape:
+        raise ValueError(f"coef must have b's shape {tuple(b.shape)}, got {tuple(coef.shape)}")
+    w = coef.detach().to("cpu", torch.float64).reshape(bb.shape)
+    cc = torch.as_tensor(c, dtype=torch.float64).detach().cpu()
+    if cc.dim() > 1 or (cc.dim() == 1 and (not batched or cc.shape[0] != bb.shape[0])):
+        raise ValueError(
+            f"c must be a number{' or shape (B,)' if batched else ''}, got shape {tuple(cc.shape)}"
+        )
+    cc = cc.expand(bb.shape[0])
+    quad = torch.einsum("pi,pij,pj->p", w, q, w)
+    obj = (quad - 2 * (bb * w).sum(1) + cc) / (2 * n) + a * w.abs().sum(1)
+    return obj if batched else obj[0]
+
+
+def alpha_max(b, n_rows, positive=True):
+    """The smallest alpha whose solution is all zeros: max(b)/n_rows (positive) or max|b|/n_rows.
+
+    b: (C,) -> 0-dim float64 tensor, or (B, C) -> (B,). Rounded up where needed so that
+    alpha_max·n_rows ≥ max(b) holds in floating point too, so `lasso_gram` at alpha_max returns exact zeros.
+    (Only b matters: at β = 0 the gradient is −b.)
+    """
+    _check_float_tensor(b, "b")
+    if b.dim() not in (1, 2) or b.shape[-1] == 0:
+        raise ValueError(f"b must have shape (C,) or (B, C) with C >= 1, got {tuple(b.shape)}")
+    _check_finite(b, "b")
+    n = _check_number(n_rows, "n_rows", positive=True)
+    bb = b.detach().to("cpu", torch.float64)
+    top = (bb.amax(-1) if positive else bb.abs().amax(-1)).clamp(min=0)
+    a = top / n
+    return torch.where(a * n < top, torch.nextafter(a, torch.full_like(a, math.inf)), a)
+
+
+def lasso_path(
+    Q, b, n_rows, *, positive=True, alphas=None, n_alphas=100, eps=1e-3, tol=1e-7, max_iter=10_000
+):
+    """Solutions along a decreasing grid of penalties, each warm-started from the previous one.
+
+    Q (C, C), b (C,) -> alphas (K,), coefs (K, C), n_nonzero (K,) (int64): coefs[k] = lasso_gram(Q, b,
+    alphas[k], n_rows, positive=positive). Without `alphas`, K = n_alphas penalties log-spaced from
+    alpha_max(b) down to eps·alpha_max(b), as scikit-learn's lasso_path; so coefs[0] is all zeros.
+    Given `alphas` (numbers ≥ 0) are sorted decreasing. alphas are float64, coefs have the promoted
+    input dtype (as `lasso_gram`'s result); all on Q's device.
+    """
+    q, bb, batched, dtype, device = _problems(Q, b)
+    if batched:
+        raise ValueError(f"lasso_path solves one problem: Q must be (C, C), got shape {tuple(Q.shape)}")
+    n = _check_number(n_rows, "n_rows", positive=True)
+    t = _check_number(tol, "tol")
+    m = _check_int(max_iter, "max_iter", 1)
+    positive = bool(positive)
+    if alphas is None:
+        k = _check_int(n_alphas, "n_alphas", 1)
+        e = _check_number(eps, "eps", positive=True)
+        if e > 1:
+            raise ValueError(f"eps must be in (0, 1] (the grid ends at eps·alpha_max), got {eps!r}")
+        top = float(alpha_max(bb[0], n, positive))
+        if top <= np.finfo(np.float64).tiny:
+            grid = torch.full((k,), np.finfo(np.float64).resolution, dtype=torch.float64)
+        else:
+            grid = torch.from_numpy(np.geomspace(top, top * e, num=k))
+            grid[0] = top
+    else:
+        if isinstance(alphas, torch.Tensor):
+            grid = alphas.detach().to("cpu", torch.float64).reshape(-1)
+        else:
+            try:
+                grid = torch.as_tensor(np.asarray(alphas, dtype=np.float64)).reshape(-1)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"alphas must be a sequence of numbers >= 0, got {alphas!r}") from err
+        if grid.numel() == 0 or not bool(torch.isfinite(grid).all()) or bool((grid < 0).any()):
+            raise ValueError(f"alphas must be a non-empty sequence of finite numbers >= 0, got {alphas!r}")
+        grid = grid.sort(descending=True).values
+    coefs = torch.empty(len(grid), bb.shape[1], dtype=torch.float64)
+    beta = torch.zeros_like(bb)
+    for i, a in enumerate(grid.tolist()):
+        beta, _, _ = _solve(q, bb, torch.tensor([a], dtype=torch.float64), beta, n, positive, t, m, True)
+        coefs[i] = beta[0]
+    coefs = coefs.to(device=device, dtype=dtype)
+    return grid.to(device), coefs, (coefs != 0).sum(1)

@@ -1,0 +1,465 @@
+"""HSIC Lasso feature and channel selection: the user-facing APIB per-layer step.
+
+`hsic_lasso(x, y, ...)` computes the Gram-form statistics Q (C, C), b (C,), c of a layer (or of an
+(n, d) feature table) once, then solves the non-negative HSIC Lasso
+
+    min_β  (βᵀQβ − 2bᵀβ + c) / (2·n_rows) + alpha·‖β‖₁   (β ≥ 0 unless positive=False)
+
+— scikit-learn Lasso's objective on the explicit n_rows × C design of vectorised centered Grams, so
+the reference code's alpha values carry over — at a given penalty, or along the regularization path
+for a given number of channels. Every solve after the statistics is a C × C problem.
+"""
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+
+import torch
+
+from apib_kernels.lasso import alpha_max, lasso_gram
+from apib_kernels.ops import _check_tensor, _features, centered_gram, hsic_matrix, output_gram
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ALPHA_FRACTION = 0.1
+"""With neither alpha nor n_select, alpha = DEFAULT_ALPHA_FRACTION · alpha_max (see `hsic_lasso`)."""
+
+DEFAULT_BLOCK_MEMORY = 256 << 20
+"""Bytes of centered block Grams built at once in block mode when memory_limit is None."""
+
+PATH_ALPHAS = 100
+PATH_EPS = 1e-3
+"""The n_select path: PATH_ALPHAS penalties from alpha_max to PATH_EPS·alpha_max (lasso_path's default)."""
+
+_MAX_HALVINGS = 64
+_MAX_BISECTIONS = 40
+_BISECTION_RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class HSICLassoResult:
+    """What `hsic_lasso` found.
+
+    coef: (C,) float64 Lasso coefficients at `alpha`; zero outside `selected`.
+    selected: (k,) int64 indices of the kept channels, largest coefficient first (|coef| when
+        positive=False); channels added by the relevance fill (coefficient 0) come last, by decreasing
+        `hsic`.
+    alpha: the penalty actually used (after the omega rule or the path search).
+    hsic: (C,) float64 channel-output relevance b_k = ⟨K̄_k, L̄⟩_F that the Lasso saw (normalised when
+        normalize=True, summed over blocks in block mode); b / n² is the biased HSIC.
+    timings: seconds per phase, {"statistics": ..., "solve": ...}.
+    """
+
+    coef: torch.Tensor
+    selected: torch.Tensor
+    alpha: float
+    hsic: torch.Tensor
+    timings: dict = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def _check_count(value, name: str, c: int) -> int:
+    if not _is_int(value) or not 1 <= value <= c:
+        raise ValueError(f"{name} must be an integer in [1, C] = [1, {c}], got {value!r}")
+    return int(value)
+
+
+def _check_alpha(alpha):
+    """alpha as a float (numbers and 0-dim real tensors, e.g. from `alpha_max`), or None."""
+    if (
+        isinstance(alpha, torch.Tensor)
+        and alpha.dim() == 0
+        and not (alpha.is_complex() or alpha.dtype == torch.bool)
+    ):
+        alpha = alpha.item()
+    if alpha is not None and (
+        isinstance(alpha, bool) or not isinstance(alpha, Real) or not math.isfinite(alpha) or alpha < 0
+    ):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    return None if alpha is None else float(alpha)
+
+
+def _check_args(alpha, n_select, omega, block_size, n_permutations, n: int, c: int):
+    if alpha is not None and n_select is not None:
+        raise ValueError("alpha and n_select are exclusive: give a penalty or a number of channels, not both")
+    if n_select is not None:
+        _check_count(n_select, "n_select", c)
+    _check_count(omega, "omega", c)
+    if block_size is not None and (not _is_int(block_size) or not 2 <= block_size <= n):
+        raise ValueError(f"block_size must be an integer in [2, n] = [2, {n}] or None, got {block_size!r}")
+    if not _is_int(n_permutations) or n_permutations < 1:
+        raise ValueError(f"n_permutations must be an integer >= 1, got {n_permutations!r}")
+    if n_permutations > 1 and block_size is None:
+        raise ValueError("n_permutations > 1 needs block_size: permuting all n samples changes nothing")
+
+
+def _upper_pack(size: int, device, dtype):
+    """Flat indices of the upper triangle of a size × size matrix and the weights (√2 off the diagonal,
+    1 on it) that make the packed vectors' inner products equal the full Frobenius ones."""
+    iu = torch.triu_indices(size, size, device=device)
+    w = torch.full((iu.shape[1],), math.sqrt(2.0), dtype=dtype, device=device)
+    w[iu[0] == iu[1]] = 1
+    return iu[0] * size + iu[1], w
+
+
+def _inverse(norms: torch.Tensor) -> torch.Tensor:
+    """1 / norms, with 0 where a norm is 0 (an all-zero Gram stays zero under normalisation)."""
+    return torch.where(norms > 0, 1 / torch.where(norms > 0, norms, 1), 0)
+
+
+def _block_statistics(
+    f, y, kernel, y_kernel, gamma, y_gamma, block_size, n_permutations, seed, normalize, backend, memory_limit
+):
+    """Block HSIC (Yamada et al. 2018): Q, b, c summed over blocks of block_size samples, n_rows.
+
+    Blocks are built in batches: sample j of every block in the batch is sample j of one (B, C·g, D)
+    tensor, so one `centered_gram` call centres each block's Grams on their own and one matrix
+    product adds the whole batch to Q, without the Python cost of one call per block.
+    """
+    n, c, d = f.shape
+    bs = block_size
+    n_blocks = n // bs
+    if n % bs:
+        logger.warning(
+            "block_size %d does not divide n = %d: the last %d samples of each pass are unused", bs, n, n % bs
+        )
+    passes = n_permutations if n_blocks > 1 else 1
+    flat, w = _upper_pack(bs, f.device, f.dtype)
+    per_block = 3 * c * bs * bs * f.element_size()
+    batch = max(1, min(n_blocks, (memory_limit or DEFAULT_BLOCK_MEMORY) // per_block))
+    q = f.new_zeros(c, c)
+    b = f.new_zeros(c)
+    c_total = f.new_zeros(())
+    raw_diag = f.new_zeros(c)
+    gen = torch.Generator().manual_seed(seed)
+    for p in range(passes):
+        order = torch.arange(n) if p == 0 else torch.randperm(n, generator=gen)
+        order = order.to(f.device)
+        for s in range(0, n_blocks, batch):
+            g = min(batch, n_blocks - s)
+            idx = order[s * bs : (s + g) * bs]
+            # channel-major (k·g + j): the packed Grams come out as the (C, g·P) operand of Q's product
+            xb = f.index_select(0, idx).view(g, bs, c, d).permute(1, 2, 0, 3).reshape(bs, c * g, d)
+            kp = centered_gram(xb, kernel, gamma, backend=backend).view(c * g, bs * bs).index_select(1, flat)
+            kp = kp.mul_(w).view(c, g, -1)
+            yb = y.index_select(0, idx)
+            lbar = [
+                output_gram(yb[j * bs : (j + 1) * bs], bs, y_kernel, y_gamma, like=f, backend=backend)
+                for j in range(g)
+            ]
+            lp = torch.stack(lbar).view(g, bs * bs).index_select(1, flat).mul_(w)
+            norms = torch.linalg.vector_norm(kp, dim=2)
+            raw_diag += norms.square().sum(1)
+            if normalize:
+                kp.mul_(_inverse(norms)[:, :, None])
+                lp.mul_(_inverse(torch.linalg.vector_norm(lp, dim=1))[:, None])
+            m = kp.view(c, -1)
+            q.addmm_(m, m.T)
+            b.addmv_(m, lp.reshape(-1))
+            c_total += (lp * lp).sum()
+    q = (q + q.T) / 2
+    return q, b, c_total, passes * n_blocks * bs * bs, raw_diag
+
+
+def _normalized(q, b, c):
+    """Statistics of the Frobenius-normalised Grams K̄_k/‖K̄_k‖_F, L̄/‖L̄‖_F; zero-norm Grams stay 0."""
+    diag = q.diagonal().clamp_min(0)
+    inv = torch.where(diag > 0, diag.rsqrt(), 0)
+    inv_c = torch.where(c > 0, c.clamp_min(torch.finfo(c.dtype).tiny).rsqrt(), 0)
+    return q * inv[:, None] * inv[None, :], b * inv * inv_c, (c > 0).to(c.dtype)
+
+
+def _statistics(
+    x, y, kernel, y_kernel, gamma, y_gamma, normalize, block_size, n_permutations, seed, backend, memory_limit
+):
+    n, c = x.shape[:2]
+    _check_tensor(y, "y")
+    if y.dim() == 0 or y.shape[0] != n:
+        raise ValueError(
+            f"y must have n = {n} samples in its first dimension (like x), got shape {tuple(y.shape)}"
+        )
+    if y_kernel is None and y.is_floating_point():
+        y_kernel = kernel
+    if block_size is None:
+        q, b, cc = hsic_matrix(
+            x, y, kernel, y_kernel, gamma, y_gamma, backend=backend, memory_limit=memory_limit
+        )
+        n_rows = n * n
+        raw_diag = q.diagonal().clone()
+        if normalize:
+            q, b, cc = _normalized(q, b, cc)
+    else:
+        q, b, cc, n_rows, raw_diag = _block_statistics(
+            _features(x),
+            y,
+            kernel,
+            y_kernel,
+            gamma,
+            y_gamma,
+            block_size,
+            n_permutations,
+            seed,
+            normalize,
+            backend,
+            memory_limit,
+        )
+    if not (torch.isfinite(q).all() and torch.isfinite(b).all() and torch.isfinite(cc)):
+        raise ValueError(
+            "the HSIC statistics of x and y (Q, b, c) are not finite: x or y overflowed the kernel; "
+            "rescale x or y, pass float64 x, or use a bounded kernel ('laplace', 'gaussian')"
+        )
+    const = _constant_channels(x.reshape(n, c, -1), raw_diag)
+    if const.numel():
+        q[const, :] = 0
+        q[:, const] = 0
+        b[const] = 0
+    return q.double(), b.double(), n_rows
+
+
+def _constant_channels(f: torch.Tensor, raw_diag: torch.Tensor) -> torch.Tensor:
+    """Indices of the channels identical in every sample. Their centered Grams are zero up to rounding,
+    which normalisation or a small alpha could blow up into a selection; their statistics are set to
+    exactly 0. Only channels whose Gram norm is at rounding level are compared sample by sample."""
+    top = raw_diag.max().clamp_min(0)
+    cand = torch.nonzero(raw_diag <= top * torch.finfo(raw_diag.dtype).eps).flatten()
+    if cand.numel() == 0:
+        return cand
+    sub = f[:, cand]
+    return cand[(sub == sub[:1]).all(dim=2).all(dim=0)]
+
+
+def _nnz(coef: torch.Tensor) -> int:
+    return int(torch.count_nonzero(coef))
+
+
+class _Solver:
+    """Solves on the channels with a non-zero Gram only: the others cannot carry weight (Q_kk = 0 means
+    K̄_k = 0), and leaving them out keeps zero diagonals away from the coordinate updates."""
+
+    def __init__(self, q, b, n_rows, positive):
+        self.active = torch.nonzero(q.diagonal() > 0).flatten()
+        self.q = q[self.active][:, self.active]
+        self.b = b[self.active]
+        self.c = b.shape[0]
+        self.n_rows = n_rows
+        self.positive = positive
+
+    def full(self, sub: torch.Tensor) -> torch.Tensor:
+        out = sub.new_zeros(self.c)
+        out[self.active] = sub
+        return out
+
+    def alpha_max(self) -> float:
+        if self.active.numel() == 0:
+            return 0.0
+        return max(0.0, float(alpha_max(self.b, self.n_rows, self.positive)))
+
+    def solve(self, alpha: float, coef0: torch.Tensor | None = None) -> torch.Tensor:
+        """(C,) solution at alpha, warm-started from a (C,) coef0."""
+        if self.active.numel() == 0:
+            return self.b.new_zeros(self.c)
+        sub0 = None if coef0 is None else coef0[self.active]
+        return self.full(lasso_gram(self.q, self.b, alpha, self.n_rows, positive=self.positive, coef0=sub0))
+
+    def walk(self, count: int):
+        """Walks the regularization path — the grid of `lasso_path`: PATH_ALPHAS penalties log-spaced from
+        alpha_max down to PATH_EPS·alpha_max, each solve warm-started from the previous — and stops at the
+        first penalty keeping at least `count` channels, since the solves get dearer as the penalty falls.
+        Returns (alpha, coef (C,), the previous grid penalty), or (last alpha, its coef, None) if none did."""
+        top = self.alpha_max()
+        coef = self.b.new_zeros(self.c)
+        if top == 0:
+            return 0.0, coef, None
+        prev = top
+        for a in torch.logspace(
+            math.log10(top), math.log10(top * PATH_EPS), PATH_ALPHAS, dtype=torch.float64
+        )[1:].tolist():
+            coef = self.solve(a, coef)
+            if _nnz(coef) >= count:
+                return a, coef, prev
+            prev = a
+        return prev, coef, None
+
+
+def _bisect(solver: _Solver, count: int, lo: float, coef_lo, hi: float):
+    """Largest alpha in [lo, hi) (to a relative _BISECTION_RTOL) whose solution keeps at least `count`
+    channels, given that lo keeps at least `count` and hi fewer. Stops early once exactly `count` are
+    kept. Geometric midpoints: penalties live on a log scale."""
+    for _ in range(_MAX_BISECTIONS):
+        if _nnz(coef_lo) == count or lo <= 0 or hi <= lo * (1 + _BISECTION_RTOL):
+            break
+        mid = math.sqrt(lo * hi)
+        coef = solver.solve(mid, coef_lo)
+        if _nnz(coef) >= count:
+            lo, coef_lo = mid, coef
+        else:
+            hi = mid
+    return lo, coef_lo
+
+
+def _lower_alpha(solver: _Solver, count: int, hi: float, coef_hi):
+    """The omega rule: from a penalty hi keeping fewer than `count` channels, halve until at least
+    `count` survive, then bisect back up. Returns (alpha, coef); alpha = 0 with fewer than `count`
+    non-zeros when even the unpenalised solution has fewer."""
+    hi = min(hi, solver.alpha_max())
+    coef = coef_hi
+    a = hi
+    for _ in range(_MAX_HALVINGS if hi > 0 else 0):
+        a /= 2
+        coef = solver.solve(a, coef)
+        if _nnz(coef) >= count:
+            return _bisect(solver, count, a, coef, hi)
+        hi = a
+    return 0.0, solver.solve(0.0, coef)
+
+
+def _order(coef: torch.Tensor, hsic: torch.Tensor, positive: bool, keep: int | None) -> torch.Tensor:
+    """Indices of the non-zero coefficients, largest first (stable: ties by index), cut to `keep`, then
+    filled up to `keep` with the remaining channels by decreasing relevance."""
+    score = coef if positive else coef.abs()
+    nz = torch.nonzero(coef).flatten()
+    ranked = nz[torch.sort(score[nz], descending=True, stable=True).indices]
+    if keep is None or ranked.numel() >= keep:
+        return ranked if keep is None else ranked[:keep]
+    rest = torch.ones_like(coef, dtype=torch.bool)
+    rest[ranked] = False
+    rest_idx = torch.nonzero(rest).flatten()
+    fill = rest_idx[torch.sort(hsic[rest_idx], descending=True, stable=True).indices]
+    return torch.cat([ranked, fill[: keep - ranked.numel()]])
+
+
+def hsic_lasso(
+    x,
+    y,
+    alpha: float | None = None,
+    *,
+    n_select: int | None = None,
+    omega: int = 1,
+    positive: bool = True,
+    kernel: str = "laplace",
+    y_kernel: str | None = None,
+    gamma: float | None = None,
+    y_gamma: float | None = None,
+    normalize: bool = False,
+    block_size: int | None = None,
+    n_permutations: int = 1,
+    seed: int = 0,
+    backend: str | None = None,
+    memory_limit: int | None = None,
+) -> HSICLassoResult:
+    """Selects the channels (features) of x that are relevant to y and not redundant with each other.
+
+    x: (n, C, *spatial) feature maps — channel k of sample i is x[i, k].flatten() — or an (n, d) feature
+        table (each feature a channel with D = 1). Float dtypes, CPU or CUDA.
+    y: (n, *) float outputs or (n,) integer class labels, on x's device.
+    kernel, y_kernel, gamma, y_gamma, backend: as for `apib_kernels.hsic_matrix` (default: Laplace
+        Grams for x; y_kernel = kernel for float y, "delta" 1[y_i = y_j] for labels).
+
+    The statistics Q (C, C), b (C,), c are computed once (n_rows = n² rows of the implied design); then:
+    - alpha given: solve at alpha (scikit-learn Lasso's scale: λ = n_rows·alpha). If fewer than `omega`
+      channels are non-zero, the penalty is lowered for this problem — halved until at least omega
+      survive, then bisected back up — the reference's per-layer rule; `result.alpha` is the penalty
+      used. Should even the unpenalised solution keep fewer than omega (possible with positive=True or
+      duplicated channels), the remaining channels are added by decreasing relevance b (coefficient 0).
+    - n_select given: exactly n_select channels. The regularization path (`lasso_path`'s grid: 100
+      penalties from alpha_max down to 1e-3·alpha_max, warm-started) is walked to the first penalty with
+      at least n_select non-zeros, refined by bisection towards the largest such penalty, and the
+      n_select largest coefficients are kept. If the
+      least-penalised solution on the path has fewer non-zeros (positive=True, duplicated or redundant
+      channels), the others are filled in by decreasing relevance b; they have coefficient 0 and come
+      last in `selected`. `omega` does not apply.
+    - neither: alpha = DEFAULT_ALPHA_FRACTION · alpha_max (0.1). A zero coefficient is optimal for channel
+      k exactly when its residual relevance (b − Qβ)_k is at most n_rows·alpha, so this keeps the
+      channels whose relevance not explained by the kept ones is at least a tenth of the strongest
+      channel's. It is scale-free (the same for any kernel scale, n, or block size), lets the data choose
+      how many channels survive — the APIB reading, where the count is the Lasso's answer rather than an
+      input — and avoids an arbitrary fixed count. The omega rule applies.
+    alpha and n_select together raise ValueError.
+
+    positive: constrain β ≥ 0 (the paper's problem); False reproduces the reference code's unconstrained
+        Lasso, and `selected` is then ranked by |coef|.
+    normalize: use Frobenius-normalised Grams K̄_k/‖K̄_k‖_F and L̄/‖L̄‖_F as pyHSICLasso does, i.e.
+        Q_kl/√(Q_kk·Q_ll), b_k/√(Q_kk·c), c = 1; zero-norm Grams stay 0. In block mode each block's Grams
+        are normalised on their own, as in pyHSICLasso.
+    block_size: the block HSIC estimator (Yamada et al. 2018, block HSIC Lasso): samples [jB, (j+1)B)
+        form block j (no shuffling), each block's Grams are centred on their own, and Q, b, c are sums
+        over the n // B blocks (n_rows = n_blocks·B²). Memory O(C·B²) per block instead of O(C·n²); the
+        last n mod B samples are left out (logged). 2 ≤ block_size ≤ n.
+    n_permutations, seed: with block_size, repeat the partition over n_permutations orderings — the first
+        the given order, the others random permutations from a generator seeded with `seed` — and sum,
+        as pyHSICLasso's M does (n_rows grows accordingly). Ignored when there is a single block.
+    memory_limit: bytes of Grams built at once (`hsic_matrix`'s argument; in block mode, per batch of
+        blocks, default 256 MiB).
+
+    Constant channels (identical in every sample) have zero Grams: their statistics are set to exactly 0
+    and their coefficient is 0. Bad arguments raise ValueError naming them; so do non-finite statistics.
+    Returns an `HSICLassoResult`; everything on x's device.
+    """
+    _check_tensor(x, "x")
+    if x.dim() < 2 or x.shape[0] < 2 or x.numel() == 0:
+        _features(x)  # raises the shape error that names x
+    n, c = x.shape[:2]
+    alpha = _check_alpha(alpha)
+    _check_args(alpha, n_select, omega, block_size, n_permutations, n, c)
+    if not _is_int(seed):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+
+    t0 = time.perf_counter()
+    q, b, n_rows = _statistics(
+        x,
+        y,
+        kernel,
+        y_kernel,
+        gamma,
+        y_gamma,
+        normalize,
+        block_size,
+        n_permutations,
+        seed,
+        backend,
+        memory_limit,
+    )
+    _sync(x.device)
+    t1 = time.perf_counter()
+
+    solver = _Solver(q, b, n_rows, bool(positive))
+    if not bool((b != 0).any()):
+        logger.warning("no channel has any relevance to y (b = 0): is y constant?")
+    keep = None
+    if n_select is not None:
+        keep = n_select
+        used, coef, hi = solver.walk(n_select)
+        if hi is not None:
+            used, coef = _bisect(solver, n_select, used, coef, hi)
+        else:
+            logger.info(
+                "the least-penalised solution keeps %d < n_select = %d channels; filling by relevance",
+                _nnz(coef),
+                n_select,
+            )
+    else:
+        used = DEFAULT_ALPHA_FRACTION * solver.alpha_max() if alpha is None else float(alpha)
+        coef = solver.solve(used)
+        if _nnz(coef) < omega:
+            used, coef = _lower_alpha(solver, omega, used, coef)
+            keep = omega if _nnz(coef) < omega else None
+            logger.info("alpha lowered to %.6g to keep at least omega = %d channels", used, omega)
+    selected = _order(coef, b, bool(positive), keep)
+    kept = torch.zeros(c, dtype=torch.bool, device=coef.device)
+    kept[selected] = True
+    coef = coef.masked_fill(~kept, 0)
+    _sync(x.device)
+    t2 = time.perf_counter()
+    return HSICLassoResult(
+        coef=coef, selected=selected, alpha=used, hsic=b, timings={"statistics": t1 - t0, "solve": t2 - t1}
+    )
