@@ -159,6 +159,13 @@ BAD_CALLS = [
     (lambda: ak.centered_gram(torch.randn(5, 0, 3)), ValueError, "at least one channel"),
     (lambda: ak.centered_gram(torch.randn(5, 2, 0)), ValueError, "empty spatial"),
     (lambda: ak.centered_gram(torch.tensor([[1.0, math.nan]] * 3)), ValueError, "NaN or infinite"),
+    (lambda: ak.hsic_matrix(torch.tensor([[1.0, math.nan]] * 3), torch.randn(3)), ValueError, "x contains"),
+    (lambda: ak.hsic_matrix(torch.tensor([[1.0, math.inf]] * 3), torch.randn(3)), ValueError, "x contains"),
+    (
+        lambda: ak.hsic_matrix(torch.tensor([[1e30, 0.0], [-1e30, 1], [0, 2]]), torch.randn(3), "linear"),
+        ValueError,
+        "overflowed",
+    ),  # finite x whose squares overflow float32
     (lambda: ak.centered_gram(torch.randn(4, 2, dtype=torch.complex64)), TypeError, "complex"),
     (lambda: ak.centered_gram(torch.ones(4, 2, dtype=torch.int64)), TypeError, "floating-point"),
     (lambda: ak.centered_gram([[1.0]]), TypeError, "torch.Tensor"),
