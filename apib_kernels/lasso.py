@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from apib_kernels import _ext
+from apib_kernels.ops import _check_finite, _check_tensor
 
 logger = logging.getLogger("apib_kernels")
 
@@ -57,15 +58,9 @@ if _ext.has_kernel("lasso_cd", "CPU"):
 
 
 def _check_float_tensor(t, name: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _check_tensor(t, name)
     if t.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
-
-
-def _check_finite(t: torch.Tensor, name: str) -> None:
-    if t.numel() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
 
 
 def _check_number(v, name: str, *, positive: bool = False) -> float:

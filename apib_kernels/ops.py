@@ -30,7 +30,7 @@ def _check_tensor(t, name: str) -> None:
 
 def _check_finite(t: torch.Tensor, name: str) -> None:
     # aminmax is exact here (NaN propagates, ±inf is an extreme) and ~20x faster than isfinite().all()
-    if t.is_floating_point():
+    if t.is_floating_point() and t.numel():
         lo, hi = torch.aminmax(t)
         if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
             raise ValueError(f"{name} contains NaN or infinite values")
