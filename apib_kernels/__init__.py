@@ -6,6 +6,7 @@ Public ops (see each docstring for shapes):
   hsic(x, y)            -> (C,) biased HSIC of each channel with y
   available_backends()  -> backends usable here; `python -m apib_kernels.info` says why others are not
   hsic_lasso(x, y)      -> HSICLassoResult: the channels (features) kept by the HSIC Lasso
+  HSICLassoProblem      one layer's statistics, solved at any penalty (the pruning search's unit)
   lasso_gram(Q, b, alpha, n_rows), lasso_path(Q, b, n_rows), alpha_max(b, n_rows): the Gram-form Lasso
 """
 
@@ -13,7 +14,7 @@ from apib_kernels import reference
 from apib_kernels.backends import BACKENDS, BackendUnavailableError, available_backends
 from apib_kernels.lasso import alpha_max, lasso_gram, lasso_path
 from apib_kernels.ops import KERNELS, centered_gram, hsic, hsic_matrix, output_gram
-from apib_kernels.selection import HSICLassoResult, hsic_lasso
+from apib_kernels.selection import HSICLassoProblem, HSICLassoResult, hsic_lasso
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "BACKENDS",
     "KERNELS",
     "BackendUnavailableError",
+    "HSICLassoProblem",
     "HSICLassoResult",
     "alpha_max",
     "available_backends",

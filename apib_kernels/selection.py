@@ -338,6 +338,95 @@ def _order(coef: torch.Tensor, hsic: torch.Tensor, positive: bool, keep: int | N
     return torch.cat([ranked, fill[: keep - ranked.numel()]])
 
 
+class HSICLassoProblem:
+    """One layer's HSIC Lasso in Gram form, solved at any penalty without recomputing statistics.
+
+    Q (C, C), b (C,) float64 (as `hsic_matrix` returns them, with constant channels zeroed) and n_rows,
+    the number of rows of the implied design (n² for one Gram per channel). `from_data` computes them
+    from (x, y); the pruning pipeline builds one problem per layer and calls `select` at every step of
+    its global penalty search.
+    """
+
+    def __init__(self, q: torch.Tensor, b: torch.Tensor, n_rows: float, positive: bool = True):
+        self.hsic = b
+        self.positive = bool(positive)
+        self._solver = _Solver(q, b, n_rows, self.positive)
+
+    @classmethod
+    def from_data(
+        cls,
+        x,
+        y,
+        *,
+        positive=True,
+        kernel="laplace",
+        y_kernel=None,
+        gamma=None,
+        y_gamma=None,
+        normalize=False,
+        block_size=None,
+        n_permutations=1,
+        seed=0,
+        backend=None,
+        memory_limit=None,
+    ) -> "HSICLassoProblem":
+        """The statistics of x (n, C, *spatial) against y (n, *); arguments as for `hsic_lasso`."""
+        q, b, n_rows = _statistics(
+            x,
+            y,
+            kernel,
+            y_kernel,
+            gamma,
+            y_gamma,
+            normalize,
+            block_size,
+            n_permutations,
+            seed,
+            backend,
+            memory_limit,
+        )
+        return cls(q, b, n_rows, positive)
+
+    @property
+    def num_channels(self) -> int:
+        return self._solver.c
+
+    def alpha_max(self) -> float:
+        """The smallest penalty at which every coefficient is zero."""
+        return self._solver.alpha_max()
+
+    def _finish(self, used: float, coef: torch.Tensor, keep: int | None):
+        selected = _order(coef, self.hsic, self.positive, keep)
+        kept = torch.zeros(self._solver.c, dtype=torch.bool, device=coef.device)
+        kept[selected] = True
+        return used, coef.masked_fill(~kept, 0), selected
+
+    def select(self, alpha: float, omega: int = 1, coef0: torch.Tensor | None = None):
+        """Solve at alpha with the omega rule (see `hsic_lasso`); coef0 (C,) warm-starts the solver.
+        Returns (alpha used, coef (C,), selected indices, largest coefficient first)."""
+        coef = self._solver.solve(alpha, coef0)
+        keep = None
+        if _nnz(coef) < omega:
+            alpha, coef = _lower_alpha(self._solver, omega, alpha, coef)
+            keep = omega if _nnz(coef) < omega else None
+            logger.info("alpha lowered to %.6g to keep at least omega = %d channels", alpha, omega)
+        return self._finish(alpha, coef, keep)
+
+    def select_count(self, n_select: int):
+        """Exactly n_select channels from the regularization path (see `hsic_lasso`).
+        Returns (alpha used, coef (C,), selected indices, largest coefficient first)."""
+        used, coef, hi = self._solver.walk(n_select)
+        if hi is not None:
+            used, coef = _bisect(self._solver, n_select, used, coef, hi)
+        else:
+            logger.info(
+                "the least-penalised solution keeps %d < n_select = %d channels; filling by relevance",
+                _nnz(coef),
+                n_select,
+            )
+        return self._finish(used, coef, n_select)
+
+
 def hsic_lasso(
     x,
     y,
@@ -415,51 +504,36 @@ def hsic_lasso(
         raise ValueError(f"seed must be an integer, got {seed!r}")
 
     t0 = time.perf_counter()
-    q, b, n_rows = _statistics(
+    problem = HSICLassoProblem.from_data(
         x,
         y,
-        kernel,
-        y_kernel,
-        gamma,
-        y_gamma,
-        normalize,
-        block_size,
-        n_permutations,
-        seed,
-        backend,
-        memory_limit,
+        positive=positive,
+        kernel=kernel,
+        y_kernel=y_kernel,
+        gamma=gamma,
+        y_gamma=y_gamma,
+        normalize=normalize,
+        block_size=block_size,
+        n_permutations=n_permutations,
+        seed=seed,
+        backend=backend,
+        memory_limit=memory_limit,
     )
     _sync(x.device)
     t1 = time.perf_counter()
-
-    solver = _Solver(q, b, n_rows, bool(positive))
-    if not bool((b != 0).any()):
+    if not bool((problem.hsic != 0).any()):
         logger.warning("no channel has any relevance to y (b = 0): is y constant?")
-    keep = None
     if n_select is not None:
-        keep = n_select
-        used, coef, hi = solver.walk(n_select)
-        if hi is not None:
-            used, coef = _bisect(solver, n_select, used, coef, hi)
-        else:
-            logger.info(
-                "the least-penalised solution keeps %d < n_select = %d channels; filling by relevance",
-                _nnz(coef),
-                n_select,
-            )
+        used, coef, selected = problem.select_count(n_select)
     else:
-        used = DEFAULT_ALPHA_FRACTION * solver.alpha_max() if alpha is None else float(alpha)
-        coef = solver.solve(used)
-        if _nnz(coef) < omega:
-            used, coef = _lower_alpha(solver, omega, used, coef)
-            keep = omega if _nnz(coef) < omega else None
-            logger.info("alpha lowered to %.6g to keep at least omega = %d channels", used, omega)
-    selected = _order(coef, b, bool(positive), keep)
-    kept = torch.zeros(c, dtype=torch.bool, device=coef.device)
-    kept[selected] = True
-    coef = coef.masked_fill(~kept, 0)
+        used = DEFAULT_ALPHA_FRACTION * problem.alpha_max() if alpha is None else float(alpha)
+        used, coef, selected = problem.select(used, omega)
     _sync(x.device)
     t2 = time.perf_counter()
     return HSICLassoResult(
-        coef=coef, selected=selected, alpha=used, hsic=b, timings={"statistics": t1 - t0, "solve": t2 - t1}
+        coef=coef,
+        selected=selected,
+        alpha=used,
+        hsic=problem.hsic,
+        timings={"statistics": t1 - t0, "solve": t2 - t1},
     )

@@ -1,0 +1,1 @@
+"""APIB channel pruning: calibration, per-layer HSIC Lasso under one global penalty, model surgery."""

@@ -1,0 +1,77 @@
+"""Saving and loading pruned models: a state dict plus the width configuration, no pickled code.
+
+A pruned file loads with `torch.load(path, weights_only=True)`. `load_pruned` rebuilds the network by
+creating the unpruned architecture (from `apib.models`, or given by the caller), repeating the recorded
+surgery, and loading the weights.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from apib.pruning import PruneResult, apply_pruning
+
+FORMAT = "apib-pruned/1"
+
+
+def write_atomic(obj, path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_pruned(result_or_model, path, *, arch: str | None = None, num_classes: int | None = None) -> None:
+    """Writes a pruned model (a `PruneResult` or its `.model`) to `path`. With `arch` (a name known to
+    `apib.models.get_model`) and `num_classes`, `load_pruned(path)` rebuilds it on its own; without,
+    the caller passes the unpruned architecture to `load_pruned`."""
+    model = result_or_model.model if isinstance(result_or_model, PruneResult) else result_or_model
+    if not isinstance(model, nn.Module) or not hasattr(model, "apib_pruning"):
+        raise ValueError("save_pruned needs a PruneResult or a model returned by apib.prune")
+    write_atomic(
+        {
+            "format": FORMAT,
+            "arch": arch,
+            "num_classes": num_classes,
+            "pruning": model.apib_pruning,
+            "state_dict": model.state_dict(),
+        },
+        path,
+    )
+
+
+def load_checkpoint(path) -> dict:
+    """torch.load(path, weights_only=True) on the CPU, with a clear error for a missing file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_pruned(path, model: nn.Module | None = None) -> nn.Module:
+    """The pruned model saved at `path`. `model`: the unpruned architecture (weights irrelevant),
+    needed when the file names no `arch`; it is pruned in place and returned."""
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} is not a pruned-model file written by apib.save_pruned")
+    if model is None:
+        if ckpt["arch"] is None:
+            raise ValueError(
+                f"{str(path)!r} does not name its architecture: "
+                "pass the unpruned model as load_pruned(path, model)"
+            )
+        from apib.models import get_model
+
+        model = get_model(ckpt["arch"], num_classes=ckpt["num_classes"])
+    apply_pruning(model, ckpt["pruning"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()

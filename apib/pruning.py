@@ -1,0 +1,434 @@
+"""APIB pruning: calibrate, compute each layer's HSIC Lasso statistics once, search one global penalty
+until the network meets a FLOPs target, and cut a genuinely smaller network.
+
+    result = apib.prune(model, calib_loader, flops_reduction=0.5)
+    result.model          # the pruned nn.Module (the input model is left untouched)
+    print(result.table())
+
+The search (the reference's `auto_prune`, DESIGN §1): starting at alpha0, the penalty is doubled (or
+halved) until the FLOPs of the network the penalty implies cross the target, then bisected on a log
+scale until they lie within `tolerance` of it. Every step is one C × C Lasso per layer, warm-started
+from the nearest penalty solved before; the FLOPs of a step come from a model of the network that is
+exact for convolutions and linear layers (`apib.groups.FlopsModel`), never from a profiler run.
+"""
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from numbers import Real
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from apib.groups import FlopsModel, count_flops, count_params, dependency_graph, find_groups, prune_group
+from apib_kernels import KERNELS, HSICLassoProblem
+
+logger = logging.getLogger(__name__)
+
+TARGETS = ("output", "labels")
+_MAX_DOUBLINGS = 200
+_MAX_BISECTIONS = 60
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    """The channels kept in one prunable group: indices into its original channels, ascending."""
+
+    producer: str
+    consumer: str
+    channels: int
+    kept: tuple[int, ...]
+    alpha: float
+
+    @property
+    def n_kept(self) -> int:
+        return len(self.kept)
+
+
+@dataclass
+class PruneResult:
+    """What `prune` found. FLOPs as torch.utils.flop_counter counts them (2 per multiply-add) for one
+    input of `input_shape`; timings in seconds per phase."""
+
+    model: nn.Module
+    flops_before: int
+    flops_after: int
+    params_before: int
+    params_after: int
+    flops_target: float
+    alpha: float
+    layers: list[LayerDecision]
+    input_shape: tuple[int, ...]
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def flops_reduction(self) -> float:
+        return 1 - self.flops_after / self.flops_before
+
+    def to_dict(self) -> dict:
+        return {
+            "input_shape": list(self.input_shape),
+            "flops_before": self.flops_before,
+            "flops_after": self.flops_after,
+            "flops_target": self.flops_target,
+            "flops_reduction": self.flops_reduction,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "alpha": self.alpha,
+            "layers": [
+                {
+                    "name": d.producer,
+                    "consumer": d.consumer,
+                    "channels": d.channels,
+                    "kept": d.n_kept,
+                    "alpha": d.alpha,
+                }
+                for d in self.layers
+            ],
+            "time_s": dict(self.timings),
+        }
+
+    def table(self) -> str:
+        """A plain-text report: widths per layer, FLOPs, params, time per phase."""
+        w = max([len(d.producer) for d in self.layers] + [5])
+        lines = [f"{'layer':<{w}}  channels  kept"]
+        lines += [f"{d.producer:<{w}}  {d.channels:>8}  {d.n_kept:>4}" for d in self.layers]
+        lines.append(
+            f"FLOPs {self.flops_before / 1e6:.2f}M -> {self.flops_after / 1e6:.2f}M "
+            f"(-{100 * self.flops_reduction:.1f}%, target {self.flops_target / 1e6:.2f}M); "
+            f"params {self.params_before / 1e6:.3f}M -> {self.params_after / 1e6:.3f}M; "
+            f"alpha {self.alpha:.4g}"
+        )
+        lines.append("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
+        return "\n".join(lines)
+
+
+def _inputs_of(batch):
+    """The images of a loader batch: a tensor, or the first item of a (images, labels, ...) tuple."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0], batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
+    raise ValueError(
+        f"calib_loader must yield tensors or (images, labels) tuples, got a {type(batch).__name__}"
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def _calibrate(model, loader, consumers: list[str], calib_size: int | None, device, progress):
+    """Runs calibration images through `model` and records each consumer's input and output on the
+    device. Returns ({consumer: (X (n, C, H, W), Y (n, ...))}, labels (n,) or None)."""
+    store = {name: ([], []) for name in consumers}
+    hooks = []
+    for name in consumers:
+        mod = model.get_submodule(name)
+        xs, ys = store[name]
+        hooks.append(mod.register_forward_pre_hook(lambda _m, args, xs=xs: xs.append(args[0].detach())))
+        hooks.append(mod.register_forward_hook(lambda _m, _a, out, ys=ys: ys.append(out.detach())))
+    labels, seen = [], 0
+    try:
+        bar = tqdm(total=calib_size, desc="calibration", unit="img", disable=not progress)
+        for batch in loader:
+            images, y = _inputs_of(batch)
+            if calib_size is not None:
+                images = images[: calib_size - seen]
+                y = None if y is None else y[: calib_size - seen]
+            model(images.to(device))
+            if y is not None:
+                labels.append(y.to(device))
+            seen += images.shape[0]
+            bar.update(images.shape[0])
+            if calib_size is not None and seen >= calib_size:
+                break
+        bar.close()
+    finally:
+        for h in hooks:
+            h.remove()
+    if seen < 2:
+        raise ValueError(f"calib_loader gave {seen} image(s); the HSIC statistics need at least 2")
+    if calib_size is not None and seen < calib_size:
+        logger.warning("calib_loader ran out after %d images (calib_size = %d)", seen, calib_size)
+    acts = {name: (torch.cat(xs), torch.cat(ys)) for name, (xs, ys) in store.items()}
+    return acts, (torch.cat(labels) if len(labels) and sum(map(len, labels)) == seen else None)
+
+
+class _Search:
+    """The per-layer problems and the global penalty search over them, with every (layer, penalty)
+    solution cached so that no step is solved twice and each solve starts from its nearest neighbour."""
+
+    def __init__(self, problems: list[HSICLassoProblem], omega: int, flops: FlopsModel):
+        self.problems = problems
+        self.omega = omega
+        self.flops = flops
+        self.cache: dict[float, list[tuple]] = {}
+        tops = [a for a in (p.alpha_max() for p in problems) if a > 0]
+        # Below this every layer is solved essentially unpenalised: halving further changes nothing.
+        self.alpha_floor = 1e-9 * min(tops, default=1.0)
+
+    def _warm(self, alpha: float, li: int):
+        if not self.cache:
+            return None
+        nearest = min(self.cache, key=lambda a: abs(math.log(a / alpha)) if a > 0 else math.inf)
+        return self.cache[nearest][li][1]
+
+    def solve(self, alpha: float) -> tuple[list[tuple], float]:
+        if alpha not in self.cache:
+            self.cache[alpha] = [
+                p.select(alpha, min(self.omega, p.num_channels), self._warm(alpha, i))
+                for i, p in enumerate(self.problems)
+            ]
+        sols = self.cache[alpha]
+        return sols, self.flops([len(s[2]) for s in sols])
+
+    def run(self, target: float, tolerance: float, alpha0: float, progress: bool) -> float:
+        lo_ok, hi_ok = target * (1 - tolerance), target * (1 + tolerance)
+        bar = tqdm(desc="search", unit="step", disable=not progress)
+
+        def step(a):
+            _, f = self.solve(a)
+            bar.update(1)
+            bar.set_postfix(alpha=f"{a:.3g}", flops=f"{f / target:.3f}x target")
+            return f
+
+        a = alpha0
+        f = step(a)
+        if lo_ok <= f <= hi_ok:
+            bar.close()
+            return a
+        # Bracket: `small` keeps too many channels (FLOPs above target), `big` too few.
+        small = big = None
+        for _ in range(_MAX_DOUBLINGS):
+            if f > hi_ok:
+                small, a = a, a * 2
+            else:
+                big, a = a, a / 2
+            if small is not None and big is not None:
+                break
+            if small is None and a < self.alpha_floor:
+                bar.close()
+                logger.warning(
+                    "even the least-penalised Lasso keeps too few channels for the FLOPs target: "
+                    "ending at %.4g FLOPs, %.1f%% below it",
+                    f,
+                    100 * (1 - f / target),
+                )
+                return big
+            f = step(a)
+            if lo_ok <= f <= hi_ok:
+                bar.close()
+                return a
+        else:
+            bar.close()
+            raise RuntimeError(
+                f"the penalty search found no bracket for the FLOPs target in {_MAX_DOUBLINGS} steps"
+            )
+        for _ in range(_MAX_BISECTIONS):
+            a = math.sqrt(small * big)
+            if not small < a < big:
+                break
+            f = step(a)
+            if lo_ok <= f <= hi_ok:
+                bar.close()
+                return a
+            small, big = (a, big) if f > hi_ok else (small, a)
+        bar.close()
+        logger.warning(
+            "no penalty puts FLOPs within %.3g of the target: the channel counts jump across it; "
+            "taking the closest penalty below the target's upper bound",
+            tolerance,
+        )
+        return big
+
+
+def _check_fraction(v, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, Real) or not 0 < v < 1:
+        raise ValueError(f"{name} must be a number in (0, 1), got {v!r}")
+    return float(v)
+
+
+def _check_target(flops_reduction, flops_target, flops_before: int) -> float:
+    if (flops_reduction is None) == (flops_target is None):
+        raise ValueError("give exactly one of flops_reduction (the fraction removed) or flops_target (FLOPs)")
+    if flops_reduction is not None:
+        return (1 - _check_fraction(flops_reduction, "flops_reduction")) * flops_before
+    if (
+        isinstance(flops_target, bool)
+        or not isinstance(flops_target, Real)
+        or not 0 < flops_target < flops_before
+    ):
+        raise ValueError(
+            f"flops_target must be a number of FLOPs in (0, {flops_before}) (the model's FLOPs), "
+            f"got {flops_target!r}"
+        )
+    return float(flops_target)
+
+
+def _check_args(alpha0, omega, tolerance, calib_size, kernel, target):
+    if alpha0 is not None and (isinstance(alpha0, bool) or not isinstance(alpha0, Real) or not alpha0 > 0):
+        raise ValueError(f"alpha0 must be a number > 0 or None, got {alpha0!r}")
+    if isinstance(omega, bool) or not isinstance(omega, int) or omega < 1:
+        raise ValueError(f"omega must be an integer >= 1, got {omega!r}")
+    _check_fraction(tolerance, "tolerance")
+    if calib_size is not None and (
+        isinstance(calib_size, bool) or not isinstance(calib_size, int) or calib_size < 2
+    ):
+        raise ValueError(f"calib_size must be an integer >= 2 or None, got {calib_size!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+
+
+def _example_input(loader, example_input, device) -> torch.Tensor:
+    if example_input is None:
+        images, _ = _inputs_of(next(iter(loader)))
+        example_input = images[:1]
+    if not isinstance(example_input, torch.Tensor):
+        raise ValueError(
+            f"example_input must be a tensor (one input batch), got {type(example_input).__name__}"
+        )
+    return example_input.to(device)
+
+
+def prune(
+    model: nn.Module,
+    calib_loader,
+    *,
+    flops_reduction: float | None = None,
+    flops_target: float | None = None,
+    alpha0: float | None = None,
+    omega: int = 1,
+    tolerance: float = 0.01,
+    calib_size: int | None = 128,
+    kernel: str = "laplace",
+    positive: bool = True,
+    target: str = "output",
+    example_input: torch.Tensor | None = None,
+    device=None,
+    backend: str | None = None,
+    progress: bool = True,
+) -> PruneResult:
+    """Prunes `model` with APIB to a FLOPs budget. The input model is not modified.
+
+    calib_loader: yields image batches (or (images, labels) tuples); the first `calib_size` images are
+        the calibration set (the reference uses 128 on CIFAR, 64 on ImageNet; None: all of them).
+    flops_reduction: fraction of FLOPs to remove, in (0, 1); or flops_target: FLOPs to end at. FLOPs
+        are counted for one input shaped like `example_input` (default: one calibration image).
+    alpha0: the first penalty of the search (scikit-learn Lasso's scale, as the reference's --alpha);
+        default: a tenth of the median over layers of the penalty that zeroes the whole layer.
+    omega: the fewest channels any layer keeps (the reference's per-layer rule, DESIGN §1).
+    tolerance: relative FLOPs tolerance around the target.
+    kernel: the Gram kernel for inputs and outputs ('laplace', the reference's, or 'gaussian', ...).
+    positive: the paper's non-negative Lasso; False reproduces the reference code.
+    target: the output representation Y of each layer: 'output' (its output maps, flattened) or
+        'labels' (the calibration images' class labels, delta kernel).
+    device: where calibration and statistics run (default: the model's device).
+    Raises ValueError for bad arguments, and when the target is unreachable even keeping `omega`
+    channels per layer (the message gives the smallest reachable FLOPs).
+    """
+    _check_args(alpha0, omega, tolerance, calib_size, kernel, target)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    timings = {}
+    t0 = time.perf_counter()
+    model = copy.deepcopy(model).to(device).eval()
+    x0 = _example_input(calib_loader, example_input, device)
+    dg = dependency_graph(model, x0)
+    groups = find_groups(model, dg)
+    if not groups:
+        raise ValueError(f"{type(model).__name__} has no prunable channel group (see apib.groups)")
+    flops_before, per_module = count_flops(model, x0)
+    params_before = count_params(model)
+    flops_of = FlopsModel(groups, flops_before, per_module)
+    goal = _check_target(flops_reduction, flops_target, flops_before)
+    floor = flops_of([min(omega, g.channels) for g in groups])
+    if floor > goal * (1 + tolerance):
+        raise ValueError(
+            f"the FLOPs target {goal:.4g} is unreachable: keeping omega = {omega} channel(s) in every "
+            f"prunable layer still costs {floor:.4g} FLOPs (of {flops_before:.4g}); the smallest "
+            f"reachable reduction is {1 - floor / flops_before:.4f}"
+        )
+
+    acts, labels = _calibrate(model, calib_loader, [g.consumer for g in groups], calib_size, device, progress)
+    if target == "labels" and labels is None:
+        raise ValueError("target='labels' needs calib_loader to yield (images, labels) batches")
+    _sync(device)
+    timings["calibration"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    problems = []
+    for g in tqdm(groups, desc="statistics", unit="layer", disable=not progress):
+        x, out = acts.pop(g.consumer)
+        y = labels if target == "labels" else out.flatten(1)
+        problems.append(HSICLassoProblem.from_data(x, y, positive=positive, kernel=kernel, backend=backend))
+        del x, out
+    _sync(device)
+    timings["statistics"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    search = _Search(problems, omega, flops_of)
+    if alpha0 is None:
+        tops = sorted(p.alpha_max() for p in problems)
+        alpha0 = 0.1 * tops[len(tops) // 2] or 1e-6
+    alpha = search.run(goal, tolerance, float(alpha0), progress)
+    sols, _ = search.solve(alpha)
+    decisions = [
+        LayerDecision(g.producer, g.consumer, g.channels, tuple(sorted(int(i) for i in sel.tolist())), used)
+        for g, (used, _, sel) in zip(groups, sols, strict=True)
+    ]
+    timings["search"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    for g, d in zip(groups, decisions, strict=True):
+        prune_group(model, dg, g, d.kept)
+    flops_after, _ = count_flops(model, x0)
+    model.apib_pruning = _config(decisions, tuple(x0.shape))
+    timings["surgery"] = time.perf_counter() - t0
+    return PruneResult(
+        model=model,
+        flops_before=flops_before,
+        flops_after=flops_after,
+        params_before=params_before,
+        params_after=count_params(model),
+        flops_target=goal,
+        alpha=alpha,
+        layers=decisions,
+        input_shape=tuple(x0.shape),
+        timings=timings,
+    )
+
+
+def _config(decisions: list[LayerDecision], input_shape) -> dict:
+    """What a pruned model records about its surgery, so that `load_pruned` can repeat it."""
+    return {
+        "input_shape": list(input_shape),
+        "kept": {d.producer: list(d.kept) for d in decisions},
+    }
+
+
+def apply_pruning(model: nn.Module, config: dict) -> nn.Module:
+    """Repeats the surgery recorded in `config` (a pruned model's `apib_pruning`) on an unpruned model
+    of the same architecture, in place. Returns the model."""
+    x0 = torch.zeros(config["input_shape"], device=next(model.parameters()).device)
+    dg = dependency_graph(model.eval(), x0)
+    groups = {g.producer: g for g in find_groups(model, dg)}
+    for name, kept in config["kept"].items():
+        if name not in groups:
+            raise ValueError(
+                f"the pruning configuration names layer {name!r}, which is not prunable in this model"
+            )
+        prune_group(model, dg, groups[name], kept)
+    model.apib_pruning = config
+    return model

@@ -1,0 +1,198 @@
+"""The APIB pipeline: prunable groups, the FLOPs model, the global search, surgery, save/load."""
+
+import random
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import apib_kernels as ak
+from apib.checkpoint import load_pruned, save_pruned
+from apib.groups import FlopsModel, count_flops, dependency_graph, find_groups, prune_group
+from apib.pruning import prune
+
+
+def _batches(n_batches=2, batch=16, size=32, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(batch, 3, size, size, generator=g), torch.randint(0, classes, (batch,), generator=g))
+        for _ in range(n_batches)
+    ]
+
+
+def _resnet18():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10).eval()
+
+
+def _groups(model, size=32):
+    return find_groups(model, dependency_graph(model.eval(), torch.randn(1, 3, size, size)))
+
+
+def test_resnet18_groups_are_the_inner_block_channels():
+    names = [(g.producer, g.consumer) for g in _groups(_resnet18())]
+    blocks = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    assert names == [(f"{b}.conv1", f"{b}.conv2") for b in blocks]
+
+
+def test_mobilenet_groups_avoid_residual_streams():
+    model = torchvision.models.mobilenet_v2(num_classes=10)
+    groups = _groups(model, 64)
+    producers = {g.producer for g in groups}
+    assert len(groups) >= 17
+    for i, block in enumerate(model.features):
+        if getattr(block, "use_res_connect", False):
+            # the projection conv writes into the residual stream: never prunable
+            assert f"features.{i}.conv.2" not in producers
+            # the expansion channels are private to the block: prunable, consumed by the projection
+            assert f"features.{i}.conv.0.0" in producers
+
+
+def test_densenet_groups_avoid_concatenated_streams():
+    model = torchvision.models.densenet121(num_classes=10)
+    groups = _groups(model, 64)
+    assert groups and all(g.producer.endswith("conv1") and g.consumer.endswith("conv2") for g in groups)
+    assert len(groups) == sum(
+        1 for n, _ in model.named_modules() if n.split(".")[-1].startswith("denselayer")
+    )
+
+
+@pytest.mark.parametrize("ctor", [torchvision.models.resnet50, torchvision.models.mobilenet_v2])
+def test_flops_model_matches_the_counter_after_surgery(ctor):
+    model = ctor(num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    dg = dependency_graph(model, x)
+    groups = find_groups(model, dg)
+    total, per_module = count_flops(model, x)
+    fm = FlopsModel(groups, total, per_module)
+    assert fm([g.channels for g in groups]) == total
+    rng = random.Random(0)
+    kept = [rng.randint(1, g.channels) for g in groups]
+    for g, k in zip(groups, kept, strict=True):
+        prune_group(model, dg, g, rng.sample(range(g.channels), k))
+    assert fm(kept) == count_flops(model, x)[0]
+
+
+def test_prune_meets_the_target_and_builds_a_smaller_model():
+    model = _resnet18()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = prune(model, _batches(), flops_reduction=0.5, tolerance=0.02, progress=False)
+    assert abs(r.flops_after - r.flops_target) <= 0.02 * r.flops_target
+    assert r.flops_before == count_flops(model, torch.randn(1, 3, 32, 32))[0]
+    assert r.params_after < r.params_before
+    for d in r.layers:
+        conv = r.model.get_submodule(d.producer)
+        assert conv.out_channels == d.n_kept == len(set(d.kept)) >= 1
+        assert r.model.get_submodule(d.consumer).in_channels == d.n_kept
+    assert r.model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # input untouched
+    assert set(r.timings) == {"calibration", "statistics", "search", "surgery"}
+
+
+def _captured(model, batches, groups):
+    """Each consumer's input and output over the batches, captured independently of the pipeline."""
+    store = {g.consumer: ([], []) for g in groups}
+    hooks = []
+    for g in groups:
+        xs, ys = store[g.consumer]
+        mod = model.get_submodule(g.consumer)
+        hooks.append(mod.register_forward_pre_hook(lambda _m, a, xs=xs: xs.append(a[0])))
+        hooks.append(mod.register_forward_hook(lambda _m, _a, o, ys=ys: ys.append(o)))
+    with torch.no_grad():
+        for images, _ in batches:
+            model(images)
+    for h in hooks:
+        h.remove()
+    return {k: (torch.cat(xs), torch.cat(ys)) for k, (xs, ys) in store.items()}
+
+
+@pytest.mark.parametrize("positive", [True, False])
+def test_kept_channels_are_hsic_lasso_at_the_found_alpha(positive):
+    model = _resnet18()
+    batches = _batches()
+    r = prune(model, batches, flops_reduction=0.4, tolerance=0.05, positive=positive, progress=False)
+    acts = _captured(model, batches, _groups(model))
+    for d in r.layers:
+        x, y = acts[d.consumer]
+        ref = ak.hsic_lasso(x, y.flatten(1), alpha=r.alpha, positive=positive)
+        assert sorted(ref.selected.tolist()) == list(d.kept)
+        assert ref.alpha == pytest.approx(d.alpha)
+
+
+def test_flops_target():
+    model = _resnet18()
+    goal = 0.6 * count_flops(model, torch.randn(1, 3, 32, 32))[0]
+    r = prune(model, _batches(), flops_target=goal, tolerance=0.03, progress=False)
+    assert abs(r.flops_after - goal) <= 0.03 * goal
+
+
+def test_labels_target_is_hsic_lasso_against_the_labels():
+    model = _resnet18()
+    batches = _batches()
+    r = prune(model, batches, flops_reduction=0.5, target="labels", progress=False)
+    labels = torch.cat([y for _, y in batches])
+    acts = _captured(model, batches, _groups(model))
+    for d in r.layers:
+        ref = ak.hsic_lasso(acts[d.consumer][0], labels, alpha=r.alpha)
+        assert sorted(ref.selected.tolist()) == list(d.kept)
+
+
+def test_omega_is_a_floor_on_every_layer():
+    r = prune(_resnet18(), _batches(), flops_reduction=0.7, omega=8, tolerance=0.05, progress=False)
+    assert min(d.n_kept for d in r.layers) >= 8
+
+
+def test_save_load_round_trip(tmp_path):
+    r = prune(_resnet18(), _batches(), flops_reduction=0.5, tolerance=0.05, progress=False)
+    path = tmp_path / "pruned.pt"
+    save_pruned(r, path)
+    raw = torch.load(path, weights_only=True)
+    assert raw["pruning"]["kept"]
+    loaded = load_pruned(path, torchvision.models.resnet18(num_classes=10))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), r.model.eval()(x))
+    with pytest.raises(ValueError, match="architecture"):
+        load_pruned(path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_pruned(tmp_path / "missing.pt")
+
+
+def test_unreachable_target_names_the_smallest_reachable_flops():
+    with pytest.raises(ValueError, match="smallest reachable reduction"):
+        prune(_resnet18(), _batches(), flops_reduction=0.95, omega=32, progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"flops_reduction": 0.0}, "flops_reduction"),
+        ({"flops_reduction": 1.0}, "flops_reduction"),
+        ({"flops_reduction": -0.2}, "flops_reduction"),
+        ({}, "exactly one"),
+        ({"flops_reduction": 0.5, "flops_target": 1e6}, "exactly one"),
+        ({"flops_target": -5.0}, "flops_target"),
+        ({"flops_reduction": 0.5, "alpha0": -1e-4}, "alpha0"),
+        ({"flops_reduction": 0.5, "omega": 0}, "omega"),
+        ({"flops_reduction": 0.5, "tolerance": 0}, "tolerance"),
+        ({"flops_reduction": 0.5, "calib_size": 1}, "calib_size"),
+        ({"flops_reduction": 0.5, "kernel": "cosine"}, "kernel"),
+        ({"flops_reduction": 0.5, "target": "logits"}, "target"),
+    ],
+)
+def test_bad_arguments_name_themselves(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        prune(_resnet18(), _batches(1, 4), progress=False, **kwargs)
+
+
+def test_model_without_prunable_groups_raises():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.LazyLinear(4))
+    model(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="no prunable"):
+        prune(model, [torch.randn(4, 3, 8, 8)], flops_reduction=0.5, progress=False)
+
+
+def test_one_calibration_image_raises():
+    with pytest.raises(ValueError, match="at least 2"):
+        prune(_resnet18(), [torch.randn(1, 3, 32, 32)], flops_reduction=0.5, progress=False)
