@@ -7,6 +7,7 @@ surgery, and loading the weights.
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,18 +18,26 @@ from apib.pruning import PruneResult, apply_pruning
 FORMAT = "apib-pruned/1"
 
 
-def write_atomic(obj, path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
+@contextmanager
+def atomic_path(path, suffix: str = ".tmp"):
+    """Yields a temporary file name next to `path`; on success it is renamed to `path`, so a crash never
+    leaves a torn file behind. `suffix` keeps writers that infer the format from the name happy."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_atomic(obj, path) -> None:
+    """torch.save(obj, path), atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_pruned(result_or_model, path, *, arch: str | None = None, num_classes: int | None = None) -> None:

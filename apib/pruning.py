@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from apib.criteria import CRITERIA, MODES, keep_indices
 from apib.groups import FlopsModel, count_flops, count_params, dependency_graph, find_groups, prune_group
 from apib_kernels import KERNELS, HSICLassoProblem
 
@@ -41,7 +42,7 @@ class LayerDecision:
     consumer: str
     channels: int
     kept: tuple[int, ...]
-    alpha: float
+    alpha: float | None
 
     @property
     def n_kept(self) -> int:
@@ -54,12 +55,13 @@ class PruneResult:
     input of `input_shape`; timings in seconds per phase."""
 
     model: nn.Module
+    criterion: str
     flops_before: int
     flops_after: int
     params_before: int
     params_after: int
     flops_target: float
-    alpha: float
+    alpha: float | None
     layers: list[LayerDecision]
     input_shape: tuple[int, ...]
     timings: dict = field(default_factory=dict)
@@ -70,6 +72,7 @@ class PruneResult:
 
     def to_dict(self) -> dict:
         return {
+            "criterion": self.criterion,
             "input_shape": list(self.input_shape),
             "flops_before": self.flops_before,
             "flops_after": self.flops_after,
@@ -99,8 +102,8 @@ class PruneResult:
         lines.append(
             f"FLOPs {self.flops_before / 1e6:.2f}M -> {self.flops_after / 1e6:.2f}M "
             f"(-{100 * self.flops_reduction:.1f}%, target {self.flops_target / 1e6:.2f}M); "
-            f"params {self.params_before / 1e6:.3f}M -> {self.params_after / 1e6:.3f}M; "
-            f"alpha {self.alpha:.4g}"
+            f"params {self.params_before / 1e6:.3f}M -> {self.params_after / 1e6:.3f}M"
+            + (f"; alpha {self.alpha:.4g}" if self.alpha is not None else f"; criterion {self.criterion}")
         )
         lines.append("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
         return "\n".join(lines)
@@ -123,19 +126,21 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def _calibrate(model, loader, consumers: list[str], calib_size: int | None, device, progress):
-    """Runs calibration images through `model` and records each consumer's input and output on the
-    device. Returns ({consumer: (X (n, C, H, W), Y (n, ...))}, labels (n,) or None)."""
-    store = {name: ([], []) for name in consumers}
-    hooks = []
-    for name in consumers:
-        mod = model.get_submodule(name)
-        xs, ys = store[name]
-        hooks.append(mod.register_forward_pre_hook(lambda _m, args, xs=xs: xs.append(args[0].detach())))
-        hooks.append(mod.register_forward_hook(lambda _m, _a, out, ys=ys: ys.append(out.detach())))
+def _calibrate(model, loader, sinks: dict, calib_size: int | None, device, progress, desc="calibration"):
+    """Runs the calibration images through `model`; for every batch, sinks[name](input, output) receives
+    that module's input and output on the device. Returns the class labels (n,), or None when the
+    loader yields bare images."""
+
+    def hook(sink):
+        def call(_module, args, out) -> None:  # returns None: the output passes on unchanged
+            sink(args[0].detach(), out.detach())
+
+        return call
+
+    hooks = [model.get_submodule(name).register_forward_hook(hook(sink)) for name, sink in sinks.items()]
     labels, seen = [], 0
     try:
-        bar = tqdm(total=calib_size, desc="calibration", unit="img", disable=not progress)
+        bar = tqdm(total=calib_size, desc=desc, unit="img", disable=not progress)
         for batch in loader:
             images, y = _inputs_of(batch)
             if calib_size is not None:
@@ -153,11 +158,90 @@ def _calibrate(model, loader, consumers: list[str], calib_size: int | None, devi
         for h in hooks:
             h.remove()
     if seen < 2:
-        raise ValueError(f"calib_loader gave {seen} image(s); the HSIC statistics need at least 2")
+        raise ValueError(f"calib_loader gave {seen} image(s); the statistics need at least 2")
     if calib_size is not None and seen < calib_size:
         logger.warning("calib_loader ran out after %d images (calib_size = %d)", seen, calib_size)
-    acts = {name: (torch.cat(xs), torch.cat(ys)) for name, (xs, ys) in store.items()}
-    return acts, (torch.cat(labels) if len(labels) and sum(map(len, labels)) == seen else None)
+    return torch.cat(labels) if labels and sum(map(len, labels)) == seen else None
+
+
+def _apib_problems(model, loader, groups, args, device, progress, timings) -> list[HSICLassoProblem]:
+    """One HSIC Lasso problem per group, from its consumer's input X and output (or the labels) Y;
+    the seconds spent calibrating and computing statistics go to `timings`."""
+    t0 = time.perf_counter()
+    store = {g.consumer: ([], []) for g in groups}
+    sinks = {
+        name: (lambda x, out, xs=xs, ys=ys: (xs.append(x), ys.append(out)))
+        for name, (xs, ys) in store.items()
+    }
+    labels = _calibrate(model, loader, sinks, args["calib_size"], device, progress)
+    if args["target"] == "labels" and labels is None:
+        raise ValueError("target='labels' needs calib_loader to yield (images, labels) batches")
+    _sync(device)
+    timings["calibration"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    problems = []
+    for g in tqdm(groups, desc="statistics", unit="layer", disable=not progress):
+        xs, ys = store.pop(g.consumer)
+        x, out = torch.cat(xs), torch.cat(ys)
+        del xs[:], ys[:]
+        y = labels if args["target"] == "labels" else out.flatten(1)
+        problems.append(
+            HSICLassoProblem.from_data(
+                x, y, positive=args["positive"], kernel=args["kernel"], backend=args["backend"]
+            )
+        )
+        del x, out, y
+    _sync(device)
+    timings["statistics"] = time.perf_counter() - t0
+    return problems
+
+
+def _scores(model, loader, groups, criterion: str, args, device, progress) -> list[torch.Tensor]:
+    """(C,) importance scores per group from a baseline criterion (see apib.criteria). Feature-map
+    criteria read the consumer's input, batch by batch; in faithful mode the calibration forward pass
+    is re-run for every layer, as HRank's and CHIP's published code does."""
+    spec = CRITERIA[criterion]
+    if spec.needs == "weight":
+        return [spec.fn(model.get_submodule(g.producer).weight.detach()) for g in groups]
+    if spec.needs == "none":
+        return [spec.fn(g.channels, seed=args["seed"] + i) for i, g in enumerate(groups)]
+    accs = {g.consumer: spec.accumulator(mode=args["mode"]) for g in groups}
+    if args["mode"] == "faithful":
+        for g in groups:
+            acc = accs[g.consumer]
+            sink = {g.consumer: lambda x, _out, acc=acc: acc.update(x)}
+            _calibrate(
+                model, loader, sink, args["calib_size"], device, progress, desc=f"{criterion} {g.producer}"
+            )
+    else:
+        sinks = {name: (lambda x, _out, acc=acc: acc.update(x)) for name, acc in accs.items()}
+        _calibrate(model, loader, sinks, args["calib_size"], device, progress)
+    return [accs[g.consumer].scores() for g in groups]
+
+
+def _uniform_ratio(groups, flops: FlopsModel, omega: int, target: float, tolerance: float) -> list[int]:
+    """Channels kept per group under one pruning ratio r shared by all layers (how L1, FPGM, HRank and
+    CHIP are applied in their papers), with r bisected until the FLOPs are within tolerance."""
+
+    def kept(r: float) -> list[int]:
+        return [max(min(omega, g.channels), math.ceil((1 - r) * g.channels)) for g in groups]
+
+    lo, hi = 0.0, 1.0
+    best = kept(hi)
+    for _ in range(_MAX_BISECTIONS):
+        mid = (lo + hi) / 2
+        counts = kept(mid)
+        f = flops(counts)
+        if abs(f - target) <= tolerance * target:
+            return counts
+        if f > target:
+            lo = mid
+        else:
+            hi, best = mid, counts
+    logger.warning(
+        "no uniform ratio puts FLOPs within %.3g of the target; taking the closest below", tolerance
+    )
+    return best
 
 
 class _Search:
@@ -271,7 +355,7 @@ def _check_target(flops_reduction, flops_target, flops_before: int) -> float:
     return float(flops_target)
 
 
-def _check_args(alpha0, omega, tolerance, calib_size, kernel, target):
+def _check_args(alpha0, omega, tolerance, calib_size, kernel, target, criterion, mode):
     if alpha0 is not None and (isinstance(alpha0, bool) or not isinstance(alpha0, Real) or not alpha0 > 0):
         raise ValueError(f"alpha0 must be a number > 0 or None, got {alpha0!r}")
     if isinstance(omega, bool) or not isinstance(omega, int) or omega < 1:
@@ -285,6 +369,10 @@ def _check_args(alpha0, omega, tolerance, calib_size, kernel, target):
         raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if criterion != "apib" and criterion not in CRITERIA:
+        raise ValueError(f"criterion must be 'apib' or one of {sorted(CRITERIA)}, got {criterion!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 def _example_input(loader, example_input, device) -> torch.Tensor:
@@ -304,6 +392,7 @@ def prune(
     *,
     flops_reduction: float | None = None,
     flops_target: float | None = None,
+    criterion: str = "apib",
     alpha0: float | None = None,
     omega: int = 1,
     tolerance: float = 0.01,
@@ -311,36 +400,53 @@ def prune(
     kernel: str = "laplace",
     positive: bool = True,
     target: str = "output",
+    mode: str = "fast",
+    seed: int = 0,
     example_input: torch.Tensor | None = None,
     device=None,
     backend: str | None = None,
     progress: bool = True,
 ) -> PruneResult:
-    """Prunes `model` with APIB to a FLOPs budget. The input model is not modified.
+    """Prunes `model` to a FLOPs budget, with APIB or a baseline criterion. The input model is not modified.
 
     calib_loader: yields image batches (or (images, labels) tuples); the first `calib_size` images are
         the calibration set (the reference uses 128 on CIFAR, 64 on ImageNet; None: all of them).
     flops_reduction: fraction of FLOPs to remove, in (0, 1); or flops_target: FLOPs to end at. FLOPs
         are counted for one input shaped like `example_input` (default: one calibration image).
-    alpha0: the first penalty of the search (scikit-learn Lasso's scale, as the reference's --alpha);
-        default: a tenth of the median over layers of the penalty that zeroes the whole layer.
+    criterion: 'apib' — per-layer widths chosen by the HSIC Lasso under one global penalty — or a
+        baseline from `apib.criteria` ('l1', 'fpgm', 'hrank', 'chip', 'random'), which keeps the
+        highest-scoring channels under one pruning ratio shared by all layers, as their papers do.
+        Every criterion uses the same layers and the same surgery.
+    alpha0: the first penalty of the APIB search (scikit-learn Lasso's scale, as the reference's
+        --alpha); default: a tenth of the median over layers of the penalty that zeroes the whole layer.
     omega: the fewest channels any layer keeps (the reference's per-layer rule, DESIGN §1).
     tolerance: relative FLOPs tolerance around the target.
     kernel: the Gram kernel for inputs and outputs ('laplace', the reference's, or 'gaussian', ...).
     positive: the paper's non-negative Lasso; False reproduces the reference code.
     target: the output representation Y of each layer: 'output' (its output maps, flattened) or
         'labels' (the calibration images' class labels, delta kernel).
+    mode: for 'hrank' and 'chip', 'fast' (batched) or 'faithful' (the published loops; same scores).
+    seed: for 'random'.
     device: where calibration and statistics run (default: the model's device).
     Raises ValueError for bad arguments, and when the target is unreachable even keeping `omega`
     channels per layer (the message gives the smallest reachable FLOPs).
     """
-    _check_args(alpha0, omega, tolerance, calib_size, kernel, target)
+    _check_args(alpha0, omega, tolerance, calib_size, kernel, target, criterion, mode)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
+    args = dict(
+        calib_size=calib_size,
+        target=target,
+        positive=positive,
+        kernel=kernel,
+        backend=backend,
+        mode=mode,
+        seed=seed,
+    )
     timings = {}
     t0 = time.perf_counter()
     model = copy.deepcopy(model).to(device).eval()
@@ -361,32 +467,32 @@ def prune(
             f"reachable reduction is {1 - floor / flops_before:.4f}"
         )
 
-    acts, labels = _calibrate(model, calib_loader, [g.consumer for g in groups], calib_size, device, progress)
-    if target == "labels" and labels is None:
-        raise ValueError("target='labels' needs calib_loader to yield (images, labels) batches")
-    _sync(device)
-    timings["calibration"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    problems = []
-    for g in tqdm(groups, desc="statistics", unit="layer", disable=not progress):
-        x, out = acts.pop(g.consumer)
-        y = labels if target == "labels" else out.flatten(1)
-        problems.append(HSICLassoProblem.from_data(x, y, positive=positive, kernel=kernel, backend=backend))
-        del x, out
-    _sync(device)
-    timings["statistics"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    search = _Search(problems, omega, flops_of)
-    if alpha0 is None:
-        tops = sorted(p.alpha_max() for p in problems)
-        alpha0 = 0.1 * tops[len(tops) // 2] or 1e-6
-    alpha = search.run(goal, tolerance, float(alpha0), progress)
-    sols, _ = search.solve(alpha)
+    alpha = None
+    if criterion == "apib":
+        timings["setup"] = time.perf_counter() - t0
+        problems = _apib_problems(model, calib_loader, groups, args, device, progress, timings)
+        t0 = time.perf_counter()
+        search = _Search(problems, omega, flops_of)
+        if alpha0 is None:
+            tops = sorted(p.alpha_max() for p in problems)
+            alpha0 = 0.1 * tops[len(tops) // 2] or 1e-6
+        alpha = search.run(goal, tolerance, float(alpha0), progress)
+        sols, _ = search.solve(alpha)
+        kept = [sel for _, _, sel in sols]
+        alphas = [used for used, _, _ in sols]
+    else:
+        timings["setup"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scores = _scores(model, calib_loader, groups, criterion, args, device, progress)
+        _sync(device)
+        timings["scoring"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        counts = _uniform_ratio(groups, flops_of, omega, goal, tolerance)
+        kept = [keep_indices(sc, k) for sc, k in zip(scores, counts, strict=True)]
+        alphas = [None] * len(groups)
     decisions = [
-        LayerDecision(g.producer, g.consumer, g.channels, tuple(sorted(int(i) for i in sel.tolist())), used)
-        for g, (used, _, sel) in zip(groups, sols, strict=True)
+        LayerDecision(g.producer, g.consumer, g.channels, tuple(sorted(int(i) for i in sel.tolist())), a)
+        for g, sel, a in zip(groups, kept, alphas, strict=True)
     ]
     timings["search"] = time.perf_counter() - t0
 
@@ -398,6 +504,7 @@ def prune(
     timings["surgery"] = time.perf_counter() - t0
     return PruneResult(
         model=model,
+        criterion=criterion,
         flops_before=flops_before,
         flops_after=flops_after,
         params_before=params_before,

@@ -87,7 +87,7 @@ def test_prune_meets_the_target_and_builds_a_smaller_model():
         assert r.model.get_submodule(d.consumer).in_channels == d.n_kept
     assert r.model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # input untouched
-    assert set(r.timings) == {"calibration", "statistics", "search", "surgery"}
+    assert set(r.timings) == {"setup", "calibration", "statistics", "search", "surgery"}
 
 
 def _captured(model, batches, groups):
@@ -196,3 +196,29 @@ def test_model_without_prunable_groups_raises():
 def test_one_calibration_image_raises():
     with pytest.raises(ValueError, match="at least 2"):
         prune(_resnet18(), [torch.randn(1, 3, 32, 32)], flops_reduction=0.5, progress=False)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "fpgm", "hrank", "chip", "random"])
+def test_baseline_criteria_prune_uniformly_with_the_same_surgery(criterion):
+    model = _resnet18()
+    r = prune(model, _batches(), flops_reduction=0.5, tolerance=0.05, criterion=criterion, progress=False)
+    assert r.criterion == criterion and r.alpha is None
+    assert abs(r.flops_after - r.flops_target) <= 0.05 * r.flops_target
+    ratios = [d.n_kept / d.channels for d in r.layers]
+    assert max(ratios) - min(ratios) <= 1 / 64 + 1e-9  # one shared ratio, up to rounding per layer
+    assert r.model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_l1_keeps_the_largest_filters():
+    model = _resnet18()
+    r = prune(model, _batches(1, 4), flops_reduction=0.5, tolerance=0.05, criterion="l1", progress=False)
+    for d in r.layers:
+        norms = model.get_submodule(d.producer).weight.detach().abs().sum((1, 2, 3))
+        assert sorted(torch.topk(norms, d.n_kept).indices.tolist()) == list(d.kept)
+
+
+def test_faithful_and_fast_hrank_choose_the_same_channels():
+    kw = dict(flops_reduction=0.5, tolerance=0.05, criterion="hrank", calib_size=8, progress=False)
+    fast = prune(_resnet18(), _batches(1, 8), mode="fast", **kw)
+    faithful = prune(_resnet18(), _batches(1, 8), mode="faithful", **kw)
+    assert [d.kept for d in fast.layers] == [d.kept for d in faithful.layers]
