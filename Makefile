@@ -24,8 +24,13 @@ build: install
 test: build
 	$(PY) -m pytest -q
 
+# The main job: train a CIFAR-style ResNet-20 on the embedded digits, prune half its FLOPs with APIB,
+# fine-tune briefly, print the report (runs/demo/pruned/report.json, widths.png).
+DEMO ?= runs/demo
 demo: build
-	$(PY) scripts/demo.py
+	$(VENV)/bin/apib train --model resnet20 --dataset digits --epochs 5 --batch-size 128 --output $(DEMO)/base
+	$(VENV)/bin/apib prune --model resnet20 --dataset digits --ckpt $(DEMO)/base/model.pt \
+		--flops-reduction 0.5 --finetune-epochs 3 --lr 0.01 --batch-size 128 --output $(DEMO)/pruned
 
 bench: build
 	$(PY) benchmarks/bench_hsic_matrix.py

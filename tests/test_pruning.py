@@ -10,6 +10,7 @@ from torch import nn
 import apib_kernels as ak
 from apib.checkpoint import load_pruned, save_pruned
 from apib.groups import FlopsModel, count_flops, dependency_graph, find_groups, prune_group
+from apib.models import get_model
 from apib.pruning import prune
 
 
@@ -28,6 +29,46 @@ def _resnet18():
 
 def _groups(model, size=32):
     return find_groups(model, dependency_graph(model.eval(), torch.randn(1, 3, size, size)))
+
+
+def _convs(model, prefix=""):
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n.startswith(prefix)]
+
+
+def _reference_policy(name, model):
+    """The reference code's prunable layers (DESIGN §1), written out per architecture."""
+    if name == "vgg16":  # the input channels of every conv but the first
+        convs = _convs(model)
+        return list(zip(convs[:-1], convs[1:], strict=True))
+    blocks = [n for n, m in model.named_modules() if hasattr(m, "conv2") and not hasattr(m, "b1")]
+    if name == "resnet50":  # bottlenecks: the inputs of conv2 and conv3
+        return [p for b in blocks for p in ((f"{b}.conv1", f"{b}.conv2"), (f"{b}.conv2", f"{b}.conv3"))]
+    if name == "googlenet":  # the inner channels of the 3x3 and the (double 3x3) 5x5 branches
+        modules = [n for n, m in model.named_modules() if hasattr(m, "b1")]
+        return [
+            p
+            for i in modules
+            for p in ((f"{i}.b2.0", f"{i}.b2.3"), (f"{i}.b3.0", f"{i}.b3.3"), (f"{i}.b3.3", f"{i}.b3.6"))
+        ]
+    return [(f"{b}.conv1", f"{b}.conv2") for b in blocks]  # CIFAR basic blocks: the inner channels
+
+
+@pytest.mark.parametrize(
+    "name, size, count",
+    [
+        ("resnet20", 32, 9),
+        ("resnet56", 32, 27),
+        ("resnet110", 32, 54),
+        ("vgg16", 32, 12),
+        ("googlenet", 32, 27),
+        ("resnet50", 64, 32),
+    ],
+)
+def test_groups_reproduce_the_reference_policy(name, size, count):
+    model = get_model(name, num_classes=10)
+    found = [(g.producer, g.consumer) for g in _groups(model, size)]
+    assert found == _reference_policy(name, model)
+    assert len(found) == count
 
 
 def test_resnet18_groups_are_the_inner_block_channels():
