@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 TARGETS = ("output", "labels")
 _MAX_DOUBLINGS = 200
 _MAX_BISECTIONS = 60
+ALPHA_FLOOR = 1e-4
+"""The search stops lowering the penalty at ALPHA_FLOOR · (the smallest layer's alpha_max)."""
 
 
 @dataclass(frozen=True)
@@ -254,8 +256,9 @@ class _Search:
         self.flops = flops
         self.cache: dict[float, list[tuple]] = {}
         tops = [a for a in (p.alpha_max() for p in problems) if a > 0]
-        # Below this every layer is solved essentially unpenalised: halving further changes nothing.
-        self.alpha_floor = 1e-9 * min(tops, default=1.0)
+        # Below this every layer is solved essentially unpenalised (a non-negative least squares, whose
+        # support is bounded by the rank of the design, about n²/2): halving further adds next to nothing.
+        self.alpha_floor = ALPHA_FLOOR * min(tops, default=1.0)
 
     def _warm(self, alpha: float, li: int):
         if not self.cache:
@@ -298,13 +301,16 @@ class _Search:
                 break
             if small is None and a < self.alpha_floor:
                 bar.close()
-                logger.warning(
-                    "even the least-penalised Lasso keeps too few channels for the FLOPs target: "
-                    "ending at %.4g FLOPs, %.1f%% below it",
-                    f,
-                    100 * (1 - f / target),
+                sols, _ = self.solve(big)
+                kept = sum(len(sel) for _, _, sel in sols)
+                total = sum(p.num_channels for p in self.problems)
+                raise ValueError(
+                    f"the FLOPs target {target:.4g} is not reachable from below: even the least-penalised "
+                    f"HSIC Lasso keeps only {kept} of {total} channels ({f:.4g} FLOPs, "
+                    f"{100 * (1 - f / target):.1f}% under the target). The Lasso keeps at most about n²/2 "
+                    "channels per layer for n calibration images, fewer with positive=True: calibrate with "
+                    "more images (calib_size), use positive=False, or ask for a larger reduction"
                 )
-                return big
             f = step(a)
             if lo_ok <= f <= hi_ok:
                 bar.close()

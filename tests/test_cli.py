@@ -81,6 +81,25 @@ def test_prune_writes_model_report_and_plot(trained, tmp_path, capsys):
     assert main(["eval", "--dataset", "digits", "--pruned", str(out / "pruned.pt"), "--quiet"]) == 0
     assert "top-1" in capsys.readouterr().out
 
+    tuned = tmp_path / "tuned"
+    argv = [
+        "finetune",
+        "--pruned",
+        str(out / "pruned.pt"),
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.01",
+    ]
+    assert main([*argv, "--quiet", "--output", str(tuned)]) == 0
+    report = json.loads((tuned / "report.json").read_text())
+    assert len(report["history"]) == 1 and 0 <= report["top1_after"] <= 100
+    assert (
+        apib.load_pruned(tuned / "pruned.pt").get_submodule(d := next(iter(widths))).out_channels == widths[d]
+    )
+
 
 @pytest.mark.parametrize(
     "argv, message",

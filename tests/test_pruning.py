@@ -263,3 +263,23 @@ def test_faithful_and_fast_hrank_choose_the_same_channels():
     fast = prune(_resnet18(), _batches(1, 8), mode="fast", **kw)
     faithful = prune(_resnet18(), _batches(1, 8), mode="faithful", **kw)
     assert [d.kept for d in fast.layers] == [d.kept for d in faithful.layers]
+
+
+def test_mobilenet_prunes_end_to_end_and_keeps_its_residual_streams():
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    with pytest.raises(ValueError, match="more images"):  # 8 images: at most ~28 channels per layer
+        prune(model, _batches(1, 8, size=64), flops_reduction=0.3, tolerance=0.05, progress=False)
+    # random weights: the non-negative Lasso keeps few of the wide expansion channels, so prune deep
+    r = prune(model, _batches(2, 32, size=64), flops_reduction=0.7, tolerance=0.05, progress=False)
+    assert abs(r.flops_after - r.flops_target) <= 0.05 * r.flops_target
+
+    def widths(m):  # dense convs only: depthwise ones follow their producer's group
+        return {n: c.out_channels for n, c in m.named_modules() if isinstance(c, nn.Conv2d) and c.groups == 1}
+
+    before, after = widths(model), widths(r.model)
+    producers = {d.producer for d in r.layers}
+    for name, block in model.features.named_children():
+        if getattr(block, "use_res_connect", False):
+            assert after[f"features.{name}.conv.2"] == before[f"features.{name}.conv.2"]
+    assert all(after[n] == c for n, c in before.items() if n not in producers)
+    assert r.model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
