@@ -171,7 +171,8 @@ def test_flops_target():
 def test_labels_target_is_hsic_lasso_against_the_labels():
     model = _resnet18()
     batches = _batches()
-    r = prune(model, batches, flops_reduction=0.5, target="labels", progress=False)
+    # ten classes: the non-negative Lasso keeps few channels of a random network, so prune deep
+    r = prune(model, batches, flops_reduction=0.8, tolerance=0.03, target="labels", progress=False)
     labels = torch.cat([y for _, y in batches])
     acts = _captured(model, batches, _groups(model))
     for d in r.layers:
