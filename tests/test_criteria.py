@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from apib.criteria import (
     CRITERIA,
@@ -336,3 +337,50 @@ def test_unknown_mode_lists_the_modes(fn):
 def test_random_checks(kwargs, match):
     with pytest.raises(ValueError, match=match):
         random_scores(**kwargs)
+
+
+def _tiny_net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+
+
+@pytest.mark.parametrize("name", ["l1", "fpgm", "hrank"])
+def test_torch_pruning_meta_pruner_keeps_the_best_scored_filters(name):
+    import torch_pruning as tp
+
+    from apib.criteria.importance import CriterionImportance
+
+    model = _tiny_net()
+    x = torch.randn(4, 3, 12, 12)
+    first = model[0]
+    if name == "hrank":
+        maps = model[:3](x).detach()
+        scores = {first: hrank_scores(maps), model[3]: torch.arange(8.0)}
+    else:
+        scores = None
+    expected = CRITERIA[name].fn(first.weight.detach()) if scores is None else scores[first]
+    imp = CriterionImportance(name, scores=scores)
+    pruner = tp.pruner.MetaPruner(model, x[:1], importance=imp, pruning_ratio=0.5, ignored_layers=[model[8]])
+    pruner.step()
+    assert first.out_channels == 4
+    kept = keep_indices(expected, 4)
+    assert torch.equal(first.weight, _tiny_net()[0].weight[kept])
+
+
+def test_torch_pruning_importance_needs_scores_for_feature_map_criteria():
+    from apib.criteria.importance import CriterionImportance
+
+    with pytest.raises(ValueError, match="scores"):
+        CriterionImportance("chip")
+    with pytest.raises(ValueError, match="criterion"):
+        CriterionImportance("magnitude")
