@@ -3,7 +3,8 @@
 # build the extension for sm_90, run the full test suite with the cuda and triton backends active,
 # then the benchmarks. Logs and results go to $OUT (the device tool's folder) or runs/gpu-<date>/.
 # Usage: bash scripts/gpu_check.sh [--quick]   (--quick: tests and the n = 64 kernel benchmark only)
-# Wheels for missing packages, if any, are installed from .whl/ (see the device tool's README).
+# Wheels for missing packages are installed from .whl/: fill it with scripts/fetch_gpu_wheels.sh and
+# carry it (see the device tool's README).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/gpu-$(date +%Y%m%d-%H%M%S)}"

@@ -8,6 +8,8 @@ import torch
 import apib
 from apib.cli import main
 
+pytest.importorskip("sklearn", reason="the CLI tests run on the digits dataset, which is scikit-learn's")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

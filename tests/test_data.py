@@ -130,6 +130,7 @@ def test_image_folder_missing(tmp_path):
 
 
 def test_digits_split():
+    pytest.importorskip("sklearn", reason="the digits dataset is scikit-learn's")
     train, test = digits(train=True), digits(train=False)
     assert (len(train), len(test)) == (1437, 360)
     # Stratified: every class is in both splits in about the same proportion.
@@ -142,6 +143,7 @@ def test_digits_split():
 
 
 def test_digits_deterministic_and_seeded():
+    pytest.importorskip("sklearn", reason="the digits dataset is scikit-learn's")
     a, b = digits(train=False, image_size=16), digits(train=False, image_size=16)
     assert a[0][0].shape == (3, 16, 16)
     assert torch.equal(a.images, b.images) and torch.equal(a.targets, b.targets)
@@ -152,6 +154,7 @@ def test_digits_deterministic_and_seeded():
 
 
 def test_get_dataset_and_metadata(tmp_path):
+    pytest.importorskip("sklearn", reason="the digits dataset is scikit-learn's")
     assert dataset_names() == ["digits", "cifar10", "cifar100", "imagenet"]
     assert [num_classes(n) for n in dataset_names()] == [10, 10, 100, 1000]
     assert input_shape("cifar100") == (3, 32, 32) and input_shape("imagenet") == (3, 224, 224)
