@@ -26,12 +26,16 @@ from tqdm.auto import tqdm
 from apib.criteria import CRITERIA, MODES, keep_indices
 from apib.groups import FlopsModel, count_flops, count_params, dependency_graph, find_groups, prune_group
 from apib_kernels import KERNELS, HSICLassoProblem
+from apib_kernels.selection import LASSO_TOL
 
 logger = logging.getLogger(__name__)
 
 TARGETS = ("output", "labels")
 _MAX_DOUBLINGS = 200
 _MAX_BISECTIONS = 60
+SEARCH_TOL = 1e-5
+"""The Lasso tolerance while the search brackets the penalty (it only counts channels); the penalty
+found is then solved at the default LASSO_TOL."""
 ALPHA_FLOOR = 1e-4
 """The search stops lowering the penalty at ALPHA_FLOOR · (the smallest layer's alpha_max)."""
 
@@ -266,10 +270,10 @@ class _Search:
         nearest = min(self.cache, key=lambda a: abs(math.log(a / alpha)) if a > 0 else math.inf)
         return self.cache[nearest][li][1]
 
-    def solve(self, alpha: float) -> tuple[list[tuple], float]:
-        if alpha not in self.cache:
+    def solve(self, alpha: float, tol: float = SEARCH_TOL) -> tuple[list[tuple], float]:
+        if alpha not in self.cache or tol < SEARCH_TOL:
             self.cache[alpha] = [
-                p.select(alpha, min(self.omega, p.num_channels), self._warm(alpha, i))
+                p.select(alpha, min(self.omega, p.num_channels), self._warm(alpha, i), tol=tol)
                 for i, p in enumerate(self.problems)
             ]
         sols = self.cache[alpha]
@@ -483,7 +487,7 @@ def prune(
             tops = sorted(p.alpha_max() for p in problems)
             alpha0 = 0.1 * tops[len(tops) // 2] or 1e-6
         alpha = search.run(goal, tolerance, float(alpha0), progress)
-        sols, _ = search.solve(alpha)
+        sols, _ = search.solve(alpha, tol=LASSO_TOL)
         kept = [sel for _, _, sel in sols]
         alphas = [used for used, _, _ in sols]
     else:

@@ -33,6 +33,9 @@ PATH_ALPHAS = 100
 PATH_EPS = 1e-3
 """The n_select path: PATH_ALPHAS penalties from alpha_max to PATH_EPS·alpha_max (lasso_path's default)."""
 
+LASSO_TOL = 1e-7
+"""The relative KKT tolerance of every solve (`lasso_gram`'s default)."""
+
 _MAX_HALVINGS = 64
 _MAX_BISECTIONS = 40
 _BISECTION_RTOL = 1e-4
@@ -253,6 +256,7 @@ class _Solver:
         self.c = b.shape[0]
         self.n_rows = n_rows
         self.positive = positive
+        self.tol = LASSO_TOL
 
     def full(self, sub: torch.Tensor) -> torch.Tensor:
         out = sub.new_zeros(self.c)
@@ -269,7 +273,9 @@ class _Solver:
         if self.active.numel() == 0:
             return self.b.new_zeros(self.c)
         sub0 = None if coef0 is None else coef0[self.active]
-        return self.full(lasso_gram(self.q, self.b, alpha, self.n_rows, positive=self.positive, coef0=sub0))
+        return self.full(
+            lasso_gram(self.q, self.b, alpha, self.n_rows, positive=self.positive, coef0=sub0, tol=self.tol)
+        )
 
     def walk(self, count: int):
         """Walks the regularization path — the grid of `lasso_path`: PATH_ALPHAS penalties log-spaced from
@@ -401,9 +407,13 @@ class HSICLassoProblem:
         kept[selected] = True
         return used, coef.masked_fill(~kept, 0), selected
 
-    def select(self, alpha: float, omega: int = 1, coef0: torch.Tensor | None = None):
-        """Solve at alpha with the omega rule (see `hsic_lasso`); coef0 (C,) warm-starts the solver.
+    def select(
+        self, alpha: float, omega: int = 1, coef0: torch.Tensor | None = None, tol: float | None = None
+    ):
+        """Solve at alpha with the omega rule (see `hsic_lasso`); coef0 (C,) warm-starts the solver; tol
+        is `lasso_gram`'s (default LASSO_TOL; a search that only counts channels may pass a looser one).
         Returns (alpha used, coef (C,), selected indices, largest coefficient first)."""
+        self._solver.tol = LASSO_TOL if tol is None else tol
         coef = self._solver.solve(alpha, coef0)
         keep = None
         if _nnz(coef) < omega:
