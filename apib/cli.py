@@ -21,7 +21,7 @@ from apib import data
 from apib.checkpoint import atomic_path, load_checkpoint, load_pruned, save_pruned, write_atomic
 from apib.models import get_model, model_names
 from apib.pruning import prune
-from apib.train import evaluate, train
+from apib.train import evaluate, recalibrate_bn, train
 from apib_kernels import KERNELS
 
 logger = logging.getLogger("apib")
@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", default="laplace", choices=sorted(k for k in KERNELS if k != "delta"))
     p.add_argument(
         "--unconstrained", action="store_true", help="allow negative coefficients (reference code)"
+    )
+    p.add_argument(
+        "--bn-images",
+        type=int,
+        default=1024,
+        help="training images re-estimating BN statistics after pruning (0: skip)",
     )
     _train_args(p, "--finetune-epochs", 0)
     p.add_argument("--output", required=True, help="folder for pruned.pt, report.json and widths.png")
@@ -163,6 +169,8 @@ def _cmd_train(args) -> dict:
 def _cmd_prune(args) -> dict:
     if args.alpha is not None and not args.alpha > 0:
         raise ValueError(f"--alpha must be a penalty > 0, got {args.alpha}")
+    if args.bn_images < 0:
+        raise ValueError(f"--bn-images must be >= 0, got {args.bn_images}")
     device = _device(args)
     torch.manual_seed(args.seed)
     classes = data.num_classes(args.dataset)
@@ -191,6 +199,9 @@ def _cmd_prune(args) -> dict:
     top1_pruned = evaluate(pruned, val, device, progress=progress)["top1"]
     report = {"model": args.model, "dataset": args.dataset, **result.to_dict()}
     report["top1_before"], report["top1_pruned"] = top1_before, top1_pruned
+    if args.bn_images:
+        recalibrate_bn(pruned, _loader(args, True, False), args.bn_images, device)
+        report["top1_recalibrated"] = evaluate(pruned, val, device, progress=progress)["top1"]
     if args.epochs:
         t0 = time.perf_counter()
         train(pruned, _loader(args, True, True), args.epochs, **_train_kwargs(args, device))
@@ -200,8 +211,9 @@ def _cmd_prune(args) -> dict:
     _write_json(report, f"{args.output}/report.json")
     _plot_widths(report["layers"], f"{args.output}/widths.png")
     print(result.table())
+    recal = f", {report['top1_recalibrated']:.2f}% with BN statistics re-estimated" if args.bn_images else ""
     print(
-        f"top-1: {top1_before:.2f}% before, {top1_pruned:.2f}% right after pruning, "
+        f"top-1: {top1_before:.2f}% before, {top1_pruned:.2f}% right after pruning{recal}, "
         f"{report['top1_after']:.2f}% after {args.epochs} fine-tuning epoch(s)"
     )
     print(f"-> {args.output}/pruned.pt, report.json, widths.png")

@@ -69,7 +69,10 @@ def _group_of(dg, names: dict, conv: nn.Conv2d) -> PrunableGroup | None:
 
 
 def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    """torch-pruning's graph of `model`, traced on `example_input` (autograd on, whatever the caller's
+    grad mode: the tracing follows grad_fn links)."""
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
 
 
 def find_groups(model: nn.Module, dg: tp.DependencyGraph) -> list[PrunableGroup]:

@@ -135,3 +135,32 @@ def evaluate(
 def _topk_hits(logits: Tensor, labels: Tensor, k: int) -> Tensor:
     """``(n, C), (n,) → (n, k)`` bool: whether the j-th highest logit is the label's."""
     return logits.topk(k, dim=1).indices == labels[:, None]
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module, loader: DataLoader, images: int = 1024, device: torch.device | str | None = None
+) -> nn.Module:
+    """Re-estimates the BatchNorm running statistics of ``model`` in place, as an equal-weight average
+    over the first ``images`` images of ``loader``; no weight changes ("adaptive BN", EagleEye, Li et
+    al. 2020). Removing channels shifts the statistics of every later layer, which alone can leave any
+    pruned network at chance accuracy. Returns the model, in eval mode."""
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise ValueError(f"images must be a positive int, got {images!r}")
+    device = _model_device(model, device)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: every batch weighs the same
+    model.train()
+    seen = 0
+    for batch, _ in loader:
+        batch = batch[: images - seen]
+        model(batch.to(device))
+        seen += batch.shape[0]
+        if seen >= images:
+            break
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return model.eval()

@@ -69,6 +69,8 @@ def test_prune_writes_model_report_and_plot(trained, tmp_path, capsys):
         "layers",
         "time_s",
         "top1_before",
+        "top1_pruned",
+        "top1_recalibrated",
         "top1_after",
     ):
         assert key in report, key

@@ -161,6 +161,12 @@ def test_kept_channels_are_hsic_lasso_at_the_found_alpha(positive):
         assert ref.alpha == pytest.approx(d.alpha)
 
 
+def test_prune_works_under_no_grad():
+    with torch.no_grad():
+        r = prune(_resnet18(), _batches(), flops_reduction=0.5, tolerance=0.05, criterion="l1", progress=False)
+    assert r.params_after < r.params_before
+
+
 def test_flops_target():
     model = _resnet18()
     goal = 0.6 * count_flops(model, torch.randn(1, 3, 32, 32))[0]

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from apib.train import evaluate, train
+from apib.train import evaluate, recalibrate_bn, train
 
 
 def _blobs(n=192, classes=3, seed=0):
@@ -105,3 +105,21 @@ def test_empty_loader():
         train(_tiny_net(), empty, 1, progress=False)
     with pytest.raises(ValueError, match="loader is empty"):
         evaluate(_tiny_net(), empty)
+
+
+def test_recalibrate_bn_reestimates_statistics_and_keeps_weights_and_momentum():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    x = 3 + 2 * torch.randn(64, 3, 8, 8)
+    loader = [(x[:32], None), (x[32:], None)]
+    weights = {
+        k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k
+    }
+    recalibrate_bn(model, loader, images=64)
+    bn = model[1]
+    out = model[0](x)
+    assert torch.allclose(bn.running_mean, out.mean((0, 2, 3)), atol=1e-5)
+    assert bn.momentum == 0.1 and not model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    with pytest.raises(ValueError, match="images"):
+        recalibrate_bn(model, loader, images=0)
