@@ -17,8 +17,12 @@ $(VENV)/.installed: requirements-dev.txt
 
 install: $(VENV)/.installed
 
-build: install
+# The editable install maps the Python packages onto this tree; only the compiled sources need a rebuild.
+$(VENV)/.built: $(VENV)/.installed setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
 	$(PY) -m apib_kernels.info
 
 test: build
@@ -43,4 +47,4 @@ gpu-check:
 	bash scripts/gpu_check.sh
 
 clean:
-	rm -rf build *.egg-info apib_kernels/_C*.so
+	rm -rf build *.egg-info apib_kernels/_C*.so $(VENV)/.built
