@@ -22,7 +22,8 @@ def report() -> str:
         lines.append("triton       not installed")
     if torch.cuda.is_available():
         lines.append(
-            f"gpu          {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})"
+            f"gpu          {torch.cuda.get_device_name()} "
+            f"(sm_{''.join(map(str, torch.cuda.get_device_capability()))})"
         )
     else:
         lines.append("gpu          none visible")

@@ -12,7 +12,8 @@ DIRECT_MAX_D = 8  # csrc/common.h kDirectMaxD: below it distances come from expl
 
 
 def _kernel_rows(xt: torch.Tensor, sq: torch.Tensor, kernel: int, gamma: float, start: int, stop: int):
-    """Raw kernel rows [start, stop) of every channel: (C, stop - start, n). `xt` is (C, n, D), mean-removed."""
+    """Raw kernel rows [start, stop) of every channel: (C, stop - start, n).
+    `xt` is (C, n, D), mean-removed."""
     if kernel == LINEAR:
         return torch.bmm(xt[:, start:stop], xt.transpose(1, 2))
     if xt.shape[2] <= DIRECT_MAX_D:
@@ -38,7 +39,8 @@ _ROW_MEANS_BLOCK_ELEMS = 1 << 26
 
 
 def kernel_row_means(x: torch.Tensor, kernel: int, gamma: float) -> torch.Tensor:
-    """x (n, C, D) -> row means of each channel's kernel matrix, (C, n); at most 2^26 kernel values at once."""
+    """x (n, C, D) -> row means of each channel's kernel matrix, (C, n); at most 2^26 kernel values
+    at once."""
     n, c = x.shape[:2]
     xt, sq = _prepare(x)
     step = max(1, _ROW_MEANS_BLOCK_ELEMS // (c * n))
