@@ -69,7 +69,11 @@ def load_checkpoint(path) -> dict:
 def load_pruned(path, model: nn.Module | None = None) -> nn.Module:
     """The pruned model saved at `path`. `model`: the unpruned architecture (weights irrelevant),
     needed when the file names no `arch`; it is pruned in place and returned."""
-    ckpt = load_checkpoint(path)
+    return from_checkpoint(load_checkpoint(path), model, path)
+
+
+def from_checkpoint(ckpt, model: nn.Module | None = None, path="the checkpoint") -> nn.Module:
+    """`load_pruned` on a file already read with `load_checkpoint` (`path` names it in errors)."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a pruned-model file written by apib.save_pruned")
     if model is None:

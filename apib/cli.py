@@ -18,7 +18,14 @@ import time
 import torch
 
 from apib import data
-from apib.checkpoint import atomic_path, load_checkpoint, load_pruned, save_pruned, write_atomic
+from apib.checkpoint import (
+    atomic_path,
+    from_checkpoint,
+    load_checkpoint,
+    load_pruned,
+    save_pruned,
+    write_atomic,
+)
 from apib.models import get_model, model_names
 from apib.pruning import prune
 from apib.train import evaluate, recalibrate_bn, train
@@ -147,18 +154,15 @@ def _cmd_train(args) -> dict:
     device = _device(args)
     torch.manual_seed(args.seed)
     model = get_model(args.model, num_classes=data.num_classes(args.dataset))
+    val = _loader(args, False, False)
     history = train(
-        model,
-        _loader(args, True, True),
-        args.epochs,
-        val_loader=_loader(args, False, False),
-        **_train_kwargs(args, device),
+        model, _loader(args, True, True), args.epochs, val_loader=val, **_train_kwargs(args, device)
     )
     write_atomic(
         {"arch": args.model, "num_classes": data.num_classes(args.dataset), "state_dict": model.state_dict()},
         f"{args.output}/model.pt",
     )
-    final = history[-1] if history else evaluate(model, _loader(args, False, False), device)
+    final = history[-1] if history else evaluate(model, val, device)
     report = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs, "history": history}
     report.update(top1=final["top1"], top5=final["top5"])
     _write_json(report, f"{args.output}/report.json")
@@ -179,11 +183,12 @@ def _cmd_prune(args) -> dict:
         logger.warning("no --ckpt given: pruning a randomly initialised %s", args.model)
     calib_size = args.calib_size or (64 if args.dataset == "imagenet" else 128)
     val = _loader(args, False, False)
+    calib = _loader(args, True, False)  # un-augmented training images: calibration, then BN statistics
     progress = not args.quiet
     top1_before = evaluate(model, val, device, progress=progress)["top1"]
     result = prune(
         model,
-        _loader(args, True, False),
+        calib,
         flops_reduction=args.flops_reduction,
         flops_target=args.flops_target,
         alpha0=args.alpha,
@@ -200,7 +205,7 @@ def _cmd_prune(args) -> dict:
     report = {"model": args.model, "dataset": args.dataset, **result.to_dict()}
     report["top1_before"], report["top1_pruned"] = top1_before, top1_pruned
     if args.bn_images:
-        recalibrate_bn(pruned, _loader(args, True, False), args.bn_images, device)
+        recalibrate_bn(pruned, calib, args.bn_images, device)
         report["top1_recalibrated"] = evaluate(pruned, val, device, progress=progress)["top1"]
     if args.epochs:
         t0 = time.perf_counter()
@@ -223,14 +228,14 @@ def _cmd_prune(args) -> dict:
 def _cmd_finetune(args) -> dict:
     device = _device(args)
     torch.manual_seed(args.seed)
-    model = load_pruned(args.pruned).to(device)
+    ckpt = load_checkpoint(args.pruned)
+    model = from_checkpoint(ckpt, path=args.pruned).to(device)
     val = _loader(args, False, False)
     before = evaluate(model, val, device)["top1"]
     history = train(
         model, _loader(args, True, True), args.epochs, val_loader=val, **_train_kwargs(args, device)
     )
     after = evaluate(model, val, device)["top1"]
-    ckpt = load_checkpoint(args.pruned)
     save_pruned(model, f"{args.output}/pruned.pt", arch=ckpt["arch"], num_classes=ckpt["num_classes"])
     report = {"pruned": args.pruned, "dataset": args.dataset, "top1_before": before, "top1_after": after}
     report["history"] = history

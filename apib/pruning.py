@@ -23,10 +23,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from apib.criteria import CRITERIA, MODES, keep_indices
+from apib.criteria import CRITERIA, keep_indices
+from apib.criteria._common import check_int, check_mode
 from apib.groups import FlopsModel, count_flops, count_params, dependency_graph, find_groups, prune_group
 from apib_kernels import KERNELS, HSICLassoProblem
-from apib_kernels.selection import LASSO_TOL
+from apib_kernels.selection import LASSO_TOL, _sync
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +125,6 @@ def _inputs_of(batch):
     raise ValueError(
         f"calib_loader must yield tensors or (images, labels) tuples, got a {type(batch).__name__}"
     )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -368,21 +364,17 @@ def _check_target(flops_reduction, flops_target, flops_before: int) -> float:
 def _check_args(alpha0, omega, tolerance, calib_size, kernel, target, criterion, mode):
     if alpha0 is not None and (isinstance(alpha0, bool) or not isinstance(alpha0, Real) or not alpha0 > 0):
         raise ValueError(f"alpha0 must be a number > 0 or None, got {alpha0!r}")
-    if isinstance(omega, bool) or not isinstance(omega, int) or omega < 1:
-        raise ValueError(f"omega must be an integer >= 1, got {omega!r}")
+    check_int(omega, "omega", 1)
     _check_fraction(tolerance, "tolerance")
-    if calib_size is not None and (
-        isinstance(calib_size, bool) or not isinstance(calib_size, int) or calib_size < 2
-    ):
-        raise ValueError(f"calib_size must be an integer >= 2 or None, got {calib_size!r}")
+    if calib_size is not None:
+        check_int(calib_size, "calib_size", 2)
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if criterion != "apib" and criterion not in CRITERIA:
         raise ValueError(f"criterion must be 'apib' or one of {sorted(CRITERIA)}, got {criterion!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_mode(mode)
 
 
 def _example_input(loader, example_input, device) -> torch.Tensor:
