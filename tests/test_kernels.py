@@ -1,5 +1,6 @@
 """Every backend's centered Grams and HSIC statistics against the float64 reference."""
 
+import itertools
 import math
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from conftest import backend_device
 
 import apib_kernels as ak
 from apib_kernels import reference as ref
+from apib_kernels.backends import unavailable_reason
 
 KERNEL_NAMES = ("laplace", "gaussian", "linear")
 
@@ -240,3 +242,42 @@ def test_available_backends_and_info():
         [sys.executable, "-m", "apib_kernels.info"], capture_output=True, text=True, check=True
     )
     assert "backends:" in out.stdout and "torch   available" in out.stdout
+
+
+@pytest.mark.ext
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [
+        ((64, 1, 1100), torch.float32),
+        ((37, 2, 3500), torch.float32),
+        ((1030, 1, 300), torch.float64),
+        ((64, 12, 700), torch.float32),
+        ((9, 5, 3), torch.float32),
+    ],
+    ids=["C=1 large D", "odd n, C=2", "n x n past the row-means scratch", "whole channels", "direct"],
+)
+def test_cpu_row_blocks_reproduce_the_full_gram_bit_for_bit(shape, dtype, kernel, threads):
+    """The CPU op contract: kernel_row_means + row-block centered_gram equal the full-range centered_gram
+    exactly, whether each thread takes whole channels or the threads split one channel's features."""
+    if unavailable_reason("cpu", "cpu"):
+        pytest.skip(unavailable_reason("cpu", "cpu"))
+    n, c, d = shape
+    x = (torch.rand(n, c, d, dtype=dtype) * torch.rand(1, c, 1, dtype=dtype) * 4).double().to(dtype)
+    code, g = ak.ops.KERNELS[kernel], ref.default_gamma(kernel, d)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        full = torch.ops.apib.centered_gram(x, code, g, 0, n, None)
+        means = torch.ops.apib.kernel_row_means(x, code, g)
+        cuts = [0, 3, n // 2 + 1, n]
+        blocks = torch.cat(
+            [torch.ops.apib.centered_gram(x, code, g, s, e, means) for s, e in itertools.pairwise(cuts)], 1
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(blocks, full)
+    # the float64 reference takes seconds at n = 1030: there, the torch backend (tested against it above)
+    expected = ref.centered_gram(x, kernel, g) if n < 128 else ak.centered_gram(x, kernel, g, backend="torch")
+    _assert_close(full, expected, dtype, f"cpu/{kernel}, {threads} threads")

@@ -15,8 +15,12 @@
 // So kernel_row_means + row-block centered_gram reproduce the full-range centered_gram exactly,
 // and S_ii is exactly 0 because ||x_i||^2 is taken from the Gram diagonal itself.
 //
-// Parallelism: over channels when there are enough of them, otherwise within each channel (over
-// features, row tiles and rows) so that a few large channels still use every thread.
+// Parallelism: over channels when there are enough of them, otherwise within each channel so that a
+// few large channels still use every thread: the threads split the panels into contiguous segments,
+// each thread sums its segment's Gram contribution into its own buffer, and the buffers are then
+// added in segment order, so that every entry is still summed the same way on every path (one
+// barrier per pass instead of two per panel). Only when n x n buffers would not fit kPartialBytes
+// do the threads share each panel's pass instead (over features, row tiles and rows).
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -49,6 +53,8 @@ constexpr int64_t kTileCols = 3;
 constexpr int64_t kColBlock = 96;
 // Rows per parallel work item of the mirror pass (a multiple of every vector width).
 constexpr int64_t kMirrorBlock = 32;
+// Memory for the per-segment Gram buffers of one channel (see Parallelism above).
+constexpr int64_t kPartialBytes = int64_t{64} << 20;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -510,6 +516,9 @@ struct Channel {
   T* sq;        // n: squared norms, the Gram diagonal
   T* xt;        // direct only: D x ldxt transpose of X, zero past n
   int64_t ldxt;
+  int64_t nseg;     // feature segments (1: none)
+  T* partials;      // segments 1..nseg-1: a Gram buffer (partial_rows x n), then a diagonal (n)
+  int64_t partial_rows;
 };
 
 // Panel holding features [d0, d0 + w) (d0 a multiple of kDBlock): n rows of width w at panel(c, d0).
@@ -592,14 +601,14 @@ void pack(const Channel<T>& c, int64_t d0, int64_t da, int64_t db) {
 // Upper triangle (j >= i) of G = X X^T, panel d0's contribution, for the row tiles of pairs [pb, pe)
 // of npairs: pair p is row tiles p and ntiles-1-p, which together cost about the same for every p
 // (balanced parallel split). Tiles that straddle the diagonal also write some entries below it; the
-// mirror pass overwrites those. Panels must come in order: the first assigns, later ones accumulate.
+// mirror pass overwrites those. Panels must come in order: the first assigns (acc false), later ones
+// accumulate.
 template <typename T>
-void gram_upper(const Channel<T>& c, T* G, int64_t d0, int64_t pb, int64_t pe) {
+void gram_upper(const Channel<T>& c, T* G, int64_t d0, int64_t pb, int64_t pe, bool acc) {
   const int64_t n = c.n;
   const int64_t ntiles = ceil_div(n, kTileRows);
   const int64_t w = panel_width(c, d0);
   const T* P = panel(c, d0);
-  const bool acc = d0 != 0;
   for (int64_t jb = 0; jb < n; jb += kColBlock) {
     const int64_t je = std::min(n, jb + kColBlock);
     for (int64_t p = pb; p < pe; ++p) {
@@ -621,11 +630,10 @@ void gram_upper(const Channel<T>& c, T* G, int64_t d0, int64_t pb, int64_t pe) {
 // Rows [rs, re) x all columns of G (G row i - rs), panel d0's contribution, for the row tiles
 // [tb, te) counted from rs.
 template <typename T>
-void gram_rows(const Channel<T>& c, T* G, int64_t d0, int64_t rs, int64_t re, int64_t tb, int64_t te) {
+void gram_rows(const Channel<T>& c, T* G, int64_t d0, int64_t rs, int64_t re, int64_t tb, int64_t te, bool acc) {
   const int64_t n = c.n;
   const int64_t w = panel_width(c, d0);
   const T* P = panel(c, d0);
-  const bool acc = d0 != 0;
   for (int64_t jb = 0; jb < n; jb += kColBlock) {
     const int64_t je = std::min(n, jb + kColBlock);
     for (int64_t t = tb; t < te; ++t) {
@@ -642,10 +650,65 @@ void gram_rows(const Channel<T>& c, T* G, int64_t d0, int64_t rs, int64_t re, in
 // sq[j] = G[j, j] for j in [jb, je), panel d0's contribution, accumulated exactly as gram_upper and
 // gram_rows accumulate the diagonal.
 template <typename T>
-void gram_diag(const Channel<T>& c, int64_t d0, int64_t jb, int64_t je) {
+void gram_diag(const Channel<T>& c, T* sq, int64_t d0, int64_t jb, int64_t je, bool acc) {
   const int64_t w = panel_width(c, d0);
   const T* P = panel(c, d0);
-  for (int64_t j = jb; j < je; ++j) c.ops->tile[0][0](P + j * w, P + j * w, w, w, c.sq + j, 0, d0 != 0);
+  for (int64_t j = jb; j < je; ++j) c.ops->tile[0][0](P + j * w, P + j * w, w, w, sq + j, 0, acc);
+}
+
+// Feature segments (c.nseg > 1 only within a channel): segment s is panels [np s / nseg, np (s+1) / nseg)
+// of np; it is packed into slot s (when panels share one slot) and summed into buffer s, segment 0's
+// being the output itself.
+template <typename T>
+int64_t segment_start(const Channel<T>& c, int64_t s) {
+  return ceil_div(c.dp, kDBlock<T>) * s / c.nseg * kDBlock<T>;
+}
+
+template <typename T>
+T* partial_gram(const Channel<T>& c, int64_t s) {
+  return c.partials + (s - 1) * (c.partial_rows + 1) * c.n;
+}
+
+template <typename T>
+T* partial_diag(const Channel<T>& c, int64_t s) {
+  return partial_gram(c, s) + c.partial_rows * c.n;
+}
+
+// Calls pass(s, channel with segment s's slot, d0, acc) for every panel d0 of every segment s, in
+// panel order within a segment, one thread per segment; packs each panel first when `pack_panels`.
+template <typename T, class F>
+void over_segments(const Channel<T>& c, bool pack_panels, const F& pass) {
+  at::parallel_for(0, c.nseg, 1, [&](int64_t b, int64_t e) {
+    for (int64_t s = b; s < e; ++s) {
+      Channel<T> cs = c;
+      if (!c.all_panels) cs.X = c.X + s * c.n * std::min(c.dp, kDBlock<T>);
+      const int64_t start = segment_start(c, s), stop = segment_start(c, s + 1);
+      for (int64_t d0 = start; d0 < stop; d0 += kDBlock<T>) {
+        if (pack_panels) pack(cs, d0, d0, d0 + panel_width(cs, d0));
+        pass(s, cs, d0, d0 != start);
+      }
+    }
+  });
+}
+
+// Adds the segments' buffers to segment 0's, in segment order: rows [0, rows) of the Gram (from the
+// diagonal on when `upper`, the part the full-range pass uses), and the diagonal when `diag`.
+template <typename T>
+void add_partials(const Channel<T>& c, T* G, int64_t rows, bool upper, bool diag) {
+  const int64_t n = c.n;
+  at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      for (int64_t s = 1; s < c.nseg; ++s) {
+        const T* p = partial_gram(c, s) + i * n;
+        for (int64_t j = upper ? i : 0; j < n; ++j) G[i * n + j] += p[j];
+      }
+    }
+  });
+  if (!diag) return;
+  for (int64_t s = 1; s < c.nseg; ++s) {
+    const T* p = partial_diag(c, s);
+    for (int64_t j = 0; j < n; ++j) c.sq[j] += p[j];
+  }
 }
 
 // Kernel row i, columns [j0, n), into g = &K[i, j0], in place over the Gram row unless direct.
@@ -709,9 +772,17 @@ void prepare_all(const Channel<T>& c, bool par) {
     return;
   }
   compute_means(c, par);
+  const bool diag = c.kind != KernelKind::Linear;
+  if (c.nseg > 1) {
+    over_segments(c, true, [&](int64_t s, const Channel<T>& cs, int64_t d0, bool acc) {
+      if (diag) gram_diag(cs, s == 0 ? c.sq : partial_diag(c, s), d0, 0, c.n, acc);
+    });
+    if (diag) add_partials(c, c.sq, 0, false, true);
+    return;
+  }
   for (int64_t d0 = 0; d0 < c.dp; d0 += kDBlock<T>) {
     pack_panel(c, d0, par);
-    if (c.kind != KernelKind::Linear) run(par, c.n, 64, [&](int64_t b, int64_t e) { gram_diag(c, d0, b, e); });
+    if (diag) run(par, c.n, 64, [&](int64_t b, int64_t e) { gram_diag(c, c.sq, d0, b, e, d0 != 0); });
   }
 }
 
@@ -726,9 +797,16 @@ void full_channel(const Channel<T>& c, T* K, T* r, bool center, bool par) {
   } else {
     const int64_t npairs = ceil_div(ceil_div(n, kTileRows), 2);
     compute_means(c, par);
-    for (int64_t d0 = 0; d0 < c.dp; d0 += kDBlock<T>) {
-      pack_panel(c, d0, par);
-      run(par, npairs, 1, [&](int64_t b, int64_t e) { gram_upper(c, K, d0, b, e); });
+    if (c.nseg > 1) {
+      over_segments(c, true, [&](int64_t s, const Channel<T>& cs, int64_t d0, bool acc) {
+        gram_upper(cs, s == 0 ? K : partial_gram(c, s), d0, 0, npairs, acc);
+      });
+      add_partials(c, K, n, true, false);
+    } else {
+      for (int64_t d0 = 0; d0 < c.dp; d0 += kDBlock<T>) {
+        pack_panel(c, d0, par);
+        run(par, npairs, 1, [&](int64_t b, int64_t e) { gram_upper(c, K, d0, b, e, d0 != 0); });
+      }
     }
     for (int64_t i = 0; i < n; ++i) c.sq[i] = K[i * n + i];
   }
@@ -759,13 +837,22 @@ void kernel_rows(const Channel<T>& c, T* K, int64_t rs, int64_t re, bool packed,
     if (!packed) prepare_direct(c, par);
   } else {
     const int64_t ntiles = ceil_div(re - rs, kTileRows);
+    const bool diag = !packed && c.kind != KernelKind::Linear;
     if (!packed) compute_means(c, par);
-    for (int64_t d0 = 0; d0 < c.dp; d0 += kDBlock<T>) {
-      if (!packed) {
-        pack_panel(c, d0, par);
-        if (c.kind != KernelKind::Linear) run(par, n, 64, [&](int64_t b, int64_t e) { gram_diag(c, d0, b, e); });
+    if (c.nseg > 1) {
+      over_segments(c, !packed, [&](int64_t s, const Channel<T>& cs, int64_t d0, bool acc) {
+        if (diag) gram_diag(cs, s == 0 ? c.sq : partial_diag(c, s), d0, 0, n, acc);
+        gram_rows(cs, s == 0 ? K : partial_gram(c, s), d0, rs, re, 0, ntiles, acc);
+      });
+      add_partials(c, K, re - rs, false, diag);
+    } else {
+      for (int64_t d0 = 0; d0 < c.dp; d0 += kDBlock<T>) {
+        if (!packed) {
+          pack_panel(c, d0, par);
+          if (diag) run(par, n, 64, [&](int64_t b, int64_t e) { gram_diag(c, c.sq, d0, b, e, d0 != 0); });
+        }
+        run(par, ntiles, 1, [&](int64_t b, int64_t e) { gram_rows(c, K, d0, rs, re, b, e, d0 != 0); });
       }
-      run(par, ntiles, 1, [&](int64_t b, int64_t e) { gram_rows(c, K, d0, rs, re, b, e); });
     }
   }
   run(par, re - rs, 16, [&](int64_t b, int64_t e) {
@@ -779,10 +866,12 @@ struct Plan {
   bool direct;
   int64_t ldxt;
   bool channel_parallel;
+  int64_t nseg;          // see Channel::nseg; the same for every call on the same x and thread count
+  int64_t partial_rows;  // Gram rows per pass (sizes the segment buffers)
 };
 
-// Scratch for one thread: packed panels, means, squared norms, the direct path's transpose, plus
-// `extra` elements.
+// Scratch for one thread, or for all of them within a channel: packed panels (one slot per segment),
+// means, squared norms, the direct path's transpose, the segment buffers, plus `extra` elements.
 template <typename T>
 struct Scratch {
   at::Tensor buf;
@@ -790,19 +879,23 @@ struct Scratch {
   T* mu;
   T* sq;
   T* xt;
+  T* partials;
   T* extra;
   Scratch(const Plan& p, int64_t extra_elems, const at::TensorOptions& opt) {
     const int64_t xt_elems = p.direct ? p.D * p.ldxt : 0;
-    const int64_t x_elems = p.n * (p.all_panels ? p.dp : std::min(p.dp, kDBlock<T>));
-    buf = at::empty({x_elems + p.dp + p.n + xt_elems + extra_elems}, opt);
+    const int64_t x_elems = p.n * (p.all_panels ? p.dp : p.nseg * std::min(p.dp, kDBlock<T>));
+    const int64_t partial_elems = (p.nseg - 1) * (p.partial_rows + 1) * p.n;
+    buf = at::empty({x_elems + p.dp + p.n + xt_elems + partial_elems + extra_elems}, opt);
     X = buf.data_ptr<T>();
     mu = X + x_elems;
     sq = mu + p.dp;
     xt = sq + p.n;
-    extra = xt + xt_elems;
+    partials = xt + xt_elems;
+    extra = partials + partial_elems;
   }
 };
 
+template <typename T>
 Plan make_plan(const at::Tensor& x, KernelKind kind) {
   Plan p;
   p.n = x.size(0);
@@ -818,6 +911,9 @@ Plan make_plan(const at::Tensor& x, KernelKind kind) {
   const bool balanced = p.C >= 4 * threads || p.C % threads == 0;
   const bool small = p.n * p.n * p.dp < (int64_t{1} << 22);
   p.channel_parallel = threads <= 1 || balanced || small;
+  const int64_t buffers = 1 + kPartialBytes / (p.n * p.n * static_cast<int64_t>(sizeof(T)));
+  p.nseg = p.channel_parallel || p.direct ? 1 : std::min({threads, ceil_div(p.dp, kDBlock<T>), buffers});
+  p.partial_rows = p.n;
   return p;
 }
 
@@ -841,6 +937,9 @@ Channel<T> make_channel(const at::Tensor& x, const Plan& p, KernelKind kind, dou
   c.sq = s.sq;
   c.xt = s.xt;
   c.ldxt = p.ldxt;
+  c.nseg = p.nseg;
+  c.partials = s.partials;
+  c.partial_rows = p.partial_rows;
   return c;
 }
 
@@ -864,13 +963,14 @@ constexpr int64_t kFullScratchBytes = int64_t{8} << 20;
 
 template <typename T>
 at::Tensor kernel_row_means_impl(const at::Tensor& x, KernelKind kind, double gamma) {
-  Plan p = make_plan(x, kind);
+  Plan p = make_plan<T>(x, kind);
   const int64_t n = p.n;
   at::Tensor out = at::empty({p.C, n}, x.options().memory_format(at::MemoryFormat::Contiguous));
   T* out_p = out.data_ptr<T>();
   const bool full = n * n * static_cast<int64_t>(sizeof(T)) <= kFullScratchBytes;
   p.all_panels = !full;
   const int64_t block = full ? n : std::max<int64_t>(kTileRows, kFullScratchBytes / (n * sizeof(T)) / 4 * 4);
+  p.partial_rows = block;
   for_each_channel<T>(x, p, block * n, [&](int64_t k, const Scratch<T>& s, bool par) {
     const Channel<T> c = make_channel<T>(x, p, kind, gamma, s, k);
     T* r = out_p + k * n;
@@ -893,8 +993,9 @@ at::Tensor kernel_row_means_impl(const at::Tensor& x, KernelKind kind, double ga
 template <typename T>
 at::Tensor centered_gram_impl(const at::Tensor& x, KernelKind kind, double gamma, int64_t rs, int64_t re,
                               const std::optional<at::Tensor>& row_means) {
-  const Plan p = make_plan(x, kind);
+  Plan p = make_plan<T>(x, kind);
   const int64_t n = p.n, rows = re - rs;
+  p.partial_rows = rows;
   at::Tensor out = at::empty({p.C, rows, n}, x.options().memory_format(at::MemoryFormat::Contiguous));
   T* out_p = out.data_ptr<T>();
   if (!row_means.has_value()) {
