@@ -52,7 +52,14 @@ logger = logging.getLogger("apib_kernels")
 _PIVOT_REL = 1e-10
 _OBJECTIVE_SLACK = 1e-13
 
-__all__ = ["alpha_max", "collect_convergence_warnings", "lasso_gram", "lasso_objective", "lasso_path"]
+__all__ = [
+    "GramProblem",
+    "alpha_max",
+    "collect_convergence_warnings",
+    "lasso_gram",
+    "lasso_objective",
+    "lasso_path",
+]
 
 LASSO_BACKENDS = ("cpu", "torch")
 """The solvers: "cpu" (compiled coordinate descent, or its numpy fallback) and "torch" (`solve_batched`)."""
@@ -440,16 +447,31 @@ def lasso_gram(
 
     float32 or float64 inputs; the result has the promoted input dtype and Q's device.
     """
-    backend, where = _backend(backend, Q)
-    q, bb, batched, dtype, device = _problems(Q, b, where)
-    a = _alphas(alpha, bb.shape[0], batched).to(q.device)
-    n = check_number(n_rows, "n_rows", positive=True)
-    t = check_number(tol, "tol")
-    m = check_int(max_iter, "max_iter", 1)
-    c0 = _start(coef0, bb, batched, bool(positive))
-    coef, _, _ = _solve(q, bb, a, c0, n, bool(positive), t, m, bool(newton), backend=backend)
-    coef = coef if batched else coef[0]
-    return coef.to(device=device, dtype=dtype)
+    return GramProblem(Q, b, backend).solve(
+        alpha, n_rows, positive=positive, tol=tol, max_iter=max_iter, coef0=coef0, newton=newton
+    )
+
+
+class GramProblem:
+    """Q and b validated and copied once (float64, symmetrised, on the solver's device), for callers that
+    solve the same problem at many penalties, such as a penalty search: `solve` takes `lasso_gram`'s
+    remaining arguments and returns what it returns, without re-checking and re-copying the C×C Q."""
+
+    def __init__(self, Q, b, backend=None):
+        self.backend, where = _backend(backend, Q)
+        self.q, self.b, self.batched, self.dtype, self.device = _problems(Q, b, where)
+
+    def solve(self, alpha, n_rows, *, positive=True, tol=1e-7, max_iter=10_000, coef0=None, newton=True):
+        a = _alphas(alpha, self.b.shape[0], self.batched).to(self.q.device)
+        n = check_number(n_rows, "n_rows", positive=True)
+        t = check_number(tol, "tol")
+        m = check_int(max_iter, "max_iter", 1)
+        c0 = _start(coef0, self.b, self.batched, bool(positive))
+        coef, _, _ = _solve(
+            self.q, self.b, a, c0, n, bool(positive), t, m, bool(newton), backend=self.backend
+        )
+        coef = coef if self.batched else coef[0]
+        return coef.to(device=self.device, dtype=self.dtype)
 
 
 def lasso_objective(Q, b, c, coef, alpha, n_rows):

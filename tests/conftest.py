@@ -7,9 +7,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from apib_kernels import selection  # noqa: E402
 from apib_kernels.backends import BACKENDS, unavailable_reason  # noqa: E402
-from apib_kernels.lasso import lasso_gram  # noqa: E402
+from apib_kernels.lasso import GramProblem  # noqa: E402
 
 
 def backend_device(name: str) -> torch.device:
@@ -39,13 +38,14 @@ def _seed():
 
 @pytest.fixture
 def one_sweep_solves(monkeypatch):
-    """Every solve made through apib_kernels.selection stops after one plain CD sweep, so it does not
-    converge; returns the list that grows by one entry per solve."""
+    """Every solve of a prepared Gram-form problem (each solve of apib_kernels.selection's searches) stops
+    after one plain CD sweep, so it does not converge; returns the list that grows by one entry per solve."""
     solves = []
+    solve = GramProblem.solve
 
-    def one_sweep(*args, **kwargs):
+    def one_sweep(self, *args, **kwargs):
         solves.append(1)
-        return lasso_gram(*args, **{**kwargs, "max_iter": 1, "newton": False})
+        return solve(self, *args, **{**kwargs, "max_iter": 1, "newton": False})
 
-    monkeypatch.setattr(selection, "lasso_gram", one_sweep)
+    monkeypatch.setattr(GramProblem, "solve", one_sweep)
     return solves

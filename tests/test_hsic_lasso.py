@@ -12,7 +12,7 @@ import torch
 import apib_kernels as ak
 from apib_kernels import reference as ref
 from apib_kernels import selection
-from apib_kernels.lasso import alpha_max, lasso_gram
+from apib_kernels.lasso import GramProblem, alpha_max, lasso_gram
 from apib_kernels.selection import DEFAULT_ALPHA_FRACTION
 
 
@@ -385,11 +385,13 @@ def test_a_loose_search_tolerance_does_not_stick(monkeypatch):
     problem = ak.HSICLassoProblem.from_data(x, y)
     tols = []
 
-    def spy(*args, **kwargs):
-        tols.append(kwargs["tol"])
-        return lasso_gram(*args, **kwargs)
+    solve = GramProblem.solve
 
-    monkeypatch.setattr(selection, "lasso_gram", spy)
+    def spy(self, *args, **kwargs):
+        tols.append(kwargs["tol"])
+        return solve(self, *args, **kwargs)
+
+    monkeypatch.setattr(GramProblem, "solve", spy)
     problem.select(0.5 * problem.alpha_max(), tol=1e-2)
     assert tols and set(tols) == {1e-2}
     tols.clear()
