@@ -675,7 +675,9 @@ T* partial_diag(const Channel<T>& c, int64_t s) {
 }
 
 // Calls pass(s, channel with segment s's slot, d0, acc) for every panel d0 of every segment s, in
-// panel order within a segment, one thread per segment; packs each panel first when `pack_panels`.
+// panel order within a segment, one thread per segment. With `pack_panels` each panel's feature means
+// are taken and the panel packed first: the segment's features are read twice from cache, not from
+// memory (a feature's mean is the same sum whichever range it is computed in).
 template <typename T, class F>
 void over_segments(const Channel<T>& c, bool pack_panels, const F& pass) {
   at::parallel_for(0, c.nseg, 1, [&](int64_t b, int64_t e) {
@@ -684,7 +686,10 @@ void over_segments(const Channel<T>& c, bool pack_panels, const F& pass) {
       if (!c.all_panels) cs.X = c.X + s * c.n * std::min(c.dp, kDBlock<T>);
       const int64_t start = segment_start(c, s), stop = segment_start(c, s + 1);
       for (int64_t d0 = start; d0 < stop; d0 += kDBlock<T>) {
-        if (pack_panels) pack(cs, d0, d0, d0 + panel_width(cs, d0));
+        if (pack_panels) {
+          means(cs, d0, d0 + panel_width(cs, d0));
+          pack(cs, d0, d0, d0 + panel_width(cs, d0));
+        }
         pass(s, cs, d0, d0 != start);
       }
     }
@@ -771,7 +776,6 @@ void prepare_all(const Channel<T>& c, bool par) {
     prepare_direct(c, par);
     return;
   }
-  compute_means(c, par);
   const bool diag = c.kind != KernelKind::Linear;
   if (c.nseg > 1) {
     over_segments(c, true, [&](int64_t s, const Channel<T>& cs, int64_t d0, bool acc) {
@@ -780,6 +784,7 @@ void prepare_all(const Channel<T>& c, bool par) {
     if (diag) add_partials(c, c.sq, 0, false, true);
     return;
   }
+  compute_means(c, par);
   for (int64_t d0 = 0; d0 < c.dp; d0 += kDBlock<T>) {
     pack_panel(c, d0, par);
     if (diag) run(par, c.n, 64, [&](int64_t b, int64_t e) { gram_diag(c, c.sq, d0, b, e, d0 != 0); });
@@ -796,13 +801,13 @@ void full_channel(const Channel<T>& c, T* K, T* r, bool center, bool par) {
     prepare_direct(c, par);
   } else {
     const int64_t npairs = ceil_div(ceil_div(n, kTileRows), 2);
-    compute_means(c, par);
     if (c.nseg > 1) {
       over_segments(c, true, [&](int64_t s, const Channel<T>& cs, int64_t d0, bool acc) {
         gram_upper(cs, s == 0 ? K : partial_gram(c, s), d0, 0, npairs, acc);
       });
       add_partials(c, K, n, true, false);
     } else {
+      compute_means(c, par);
       for (int64_t d0 = 0; d0 < c.dp; d0 += kDBlock<T>) {
         pack_panel(c, d0, par);
         run(par, npairs, 1, [&](int64_t b, int64_t e) { gram_upper(c, K, d0, b, e, d0 != 0); });
@@ -838,7 +843,6 @@ void kernel_rows(const Channel<T>& c, T* K, int64_t rs, int64_t re, bool packed,
   } else {
     const int64_t ntiles = ceil_div(re - rs, kTileRows);
     const bool diag = !packed && c.kind != KernelKind::Linear;
-    if (!packed) compute_means(c, par);
     if (c.nseg > 1) {
       over_segments(c, !packed, [&](int64_t s, const Channel<T>& cs, int64_t d0, bool acc) {
         if (diag) gram_diag(cs, s == 0 ? c.sq : partial_diag(c, s), d0, 0, n, acc);
@@ -846,6 +850,7 @@ void kernel_rows(const Channel<T>& c, T* K, int64_t rs, int64_t re, bool packed,
       });
       add_partials(c, K, re - rs, false, diag);
     } else {
+      if (!packed) compute_means(c, par);
       for (int64_t d0 = 0; d0 < c.dp; d0 += kDBlock<T>) {
         if (!packed) {
           pack_panel(c, d0, par);
