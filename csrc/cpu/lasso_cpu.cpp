@@ -51,10 +51,6 @@ constexpr double kPivotRel = 1e-10;
 // A move along a flat direction leaves the objective unchanged up to rounding: accept that much.
 constexpr double kObjectiveSlack = 1e-13;
 constexpr double kInf = std::numeric_limits<double>::infinity();
-// Sweeps after which a Newton step is tried again on an unchanged sign pattern: on ill-conditioned
-// Grams (eigenvalues spanning 1e9, as in random-weight ResNet-50 layers) one step can land short of
-// the tolerance, and CD's tail from there takes far more than max_iter sweeps.
-constexpr int64_t kNewtonRetry = 32;
 // factor_support's answer for an empty support.
 constexpr int64_t kEmpty = -2;
 
@@ -96,11 +92,9 @@ class Solver {
     for (int64_t j = 0; j < C; ++j) all[j] = j;
     int64_t it = 0;
     bool pattern_new = true;  // the sign pattern changed since the last Newton attempt
-    int64_t since_newton = 0;  // sweeps since the last Newton attempt
     while (it < max_iter) {
       if (sweep(all)) pattern_new = true;
       ++it;
-      ++since_newton;
       if (violation(all) <= thr) return {it, violation(all) / scale};
       active.clear();
       for (int64_t j = 0; j < C; ++j) {
@@ -109,12 +103,10 @@ class Solver {
       while (it < max_iter) {
         const bool changed = sweep(active);
         ++it;
-        ++since_newton;
         pattern_new = pattern_new || changed;
         if (violation(active) <= thr) break;
-        if (newton && !changed && (pattern_new || since_newton >= kNewtonRetry)) {
+        if (newton && !changed && pattern_new) {
           pattern_new = newton_step(active);
-          since_newton = 0;
           if (violation(active) <= thr) break;
         }
       }
