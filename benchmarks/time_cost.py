@@ -29,6 +29,10 @@ import os
 import re
 import time
 
+# isort: off
+import apib  # noqa: F401  (before torch: huge pages for the forward passes, as under the `apib` command)
+
+# isort: on
 import torch
 import torchvision
 from common import RESULTS, bench, environment, write_atomic
@@ -267,8 +271,9 @@ def main(argv: list[str] | None = None) -> dict:
         record["notes"].append("not the paper's configuration (ResNet-50, 224², 76%): paper columns differ")
     if device.type == "cpu":
         record["notes"].append(
-            f"CPU run, {torch.get_num_threads()} torch thread(s); other processes on the machine "
-            "inflate timings"
+            f"CPU run, {torch.get_num_threads()} torch thread(s), THP_MEM_ALLOC_ENABLE="
+            f"{os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')} (huge pages for large tensors); other "
+            "processes on the machine inflate timings"
         )
 
     start = time.perf_counter()
