@@ -248,23 +248,41 @@ def test_available_backends_and_info():
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("kernel", KERNEL_NAMES)
 @pytest.mark.parametrize(
-    "shape,dtype",
+    "shape,dtype,strided",
     [
-        ((64, 1, 1100), torch.float32),
-        ((37, 2, 3500), torch.float32),
-        ((1030, 1, 300), torch.float64),
-        ((64, 12, 700), torch.float32),
-        ((9, 5, 3), torch.float32),
+        ((64, 1, 1100), torch.float32, False),
+        ((37, 2, 3500), torch.float32, False),
+        ((1030, 1, 300), torch.float64, False),
+        ((64, 12, 700), torch.float32, False),
+        ((9, 5, 3), torch.float32, False),
+        ((20, 19, 1), torch.float32, False),
+        ((32, 9, 8), torch.float64, False),
+        ((21, 11, 2), torch.float32, True),
+        ((33, 3, 1), torch.float32, False),
     ],
-    ids=["C=1 large D", "odd n, C=2", "n x n past the row-means scratch", "whole channels", "direct"],
+    ids=[
+        "C=1 large D",
+        "odd n, C=2",
+        "n x n past the row-means scratch",
+        "whole channels",
+        "direct, channel lanes",
+        "channel lanes, D=1, two groups",
+        "channel lanes, float64, n at the limit",
+        "channel lanes, strided features",
+        "direct, n past the lanes' limit",
+    ],
 )
-def test_cpu_row_blocks_reproduce_the_full_gram_bit_for_bit(shape, dtype, kernel, threads):
+def test_cpu_row_blocks_reproduce_the_full_gram_bit_for_bit(shape, dtype, strided, kernel, threads):
     """The CPU op contract: kernel_row_means + row-block centered_gram equal the full-range centered_gram
-    exactly, whether each thread takes whole channels or the threads split one channel's features."""
+    exactly, whether each thread takes whole channels, the threads split one channel's features, or
+    (tiny direct Grams) one vector holds a channel per lane."""
     if unavailable_reason("cpu", "cpu"):
         pytest.skip(unavailable_reason("cpu", "cpu"))
     n, c, d = shape
-    x = (torch.rand(n, c, d, dtype=dtype) * torch.rand(1, c, 1, dtype=dtype) * 4).double().to(dtype)
+    x = torch.rand(n, c, d, dtype=dtype) * torch.rand(1, c, 1, dtype=dtype) * 4
+    if strided:  # features not contiguous: the means sum the samples one at a time
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+        assert x.stride(2) != 1
     code, g = ak.ops.KERNELS[kernel], ref.default_gamma(kernel, d)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

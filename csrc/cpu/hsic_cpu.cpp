@@ -53,10 +53,23 @@ constexpr int64_t kTileCols = 3;
 constexpr int64_t kColBlock = 96;
 // Rows per parallel work item of the mirror pass (a multiple of every vector width).
 constexpr int64_t kMirrorBlock = 32;
+// Largest n for the channel-lane path of the direct kernels (a group's n x n vectors: 32 KiB).
+constexpr int64_t kLaneMaxN = 32;
 // Memory for the per-segment Gram buffers of one channel (see Parallelism above).
 constexpr int64_t kPartialBytes = int64_t{64} << 20;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// What the channel-lane path needs of x (n, C, D) and the output (C, n, n).
+template <typename T>
+struct LaneGroup {
+  const T* x;
+  int64_t s0, s1, s2;
+  int64_t n, D;
+  bool laplace;
+  T neg_gamma;
+  T* out;
+};
 
 // Per-ISA primitives. All take contiguous pointers; `len` in dot tiles is a multiple of kPad.
 template <typename T>
@@ -76,6 +89,10 @@ struct Ops {
   void (*center_row)(T* out, const T* k, const T* r, T ri, T t, int64_t len);
   // K[j, i] = K[i, j] for i in [i0, i1), j > i: the lower triangle of the n x n K from the upper.
   void (*mirror)(T* K, int64_t n, int64_t i0, int64_t i1);
+  // Full-range centered direct Grams (n <= kLaneMaxN) of channels [k0, k0 + m), m <= lanes, one per
+  // vector lane, into out (C x n x n); null where the ISA has none (see LaneGroup).
+  void (*lanes)(const LaneGroup<T>& g, int64_t k0, int64_t m, void* scratch);
+  int64_t lane_count;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -172,6 +189,8 @@ Ops<T> generic_ops() {
   ops.sum = sum_generic<T>;
   ops.center_row = center_row_generic<T>;
   ops.mirror = mirror_generic<T>;
+  ops.lanes = nullptr;
+  ops.lane_count = 0;
   return ops;
 }
 
@@ -201,6 +220,7 @@ struct Vec<float> {
   static APIB_AVX2 inline V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static APIB_AVX2 inline V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static APIB_AVX2 inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static APIB_AVX2 inline V div(V a, V b) { return _mm256_div_ps(a, b); }
   // max(s, 0) that keeps NaN: maxps returns its second operand when either is NaN.
   static APIB_AVX2 inline V clamp0(V s) { return _mm256_max_ps(_mm256_setzero_ps(), s); }
   static APIB_AVX2 inline V sqrt(V a) { return _mm256_sqrt_ps(a); }
@@ -209,6 +229,10 @@ struct Vec<float> {
   static APIB_AVX2 inline void hsum4(V v0, V v1, V v2, V v3, float* out) {
     const V t = _mm256_hadd_ps(_mm256_hadd_ps(v0, v1), _mm256_hadd_ps(v2, v3));
     _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+  }
+  // hsum4's tree across vectors: a[q] in the place of lane q.
+  static APIB_AVX2 inline V tree(const V* a) {
+    return add(add(add(a[0], a[1]), add(a[2], a[3])), add(add(a[4], a[5]), add(a[6], a[7])));
   }
 
   // In-register transpose of the 8 x 8 block r.
@@ -269,6 +293,7 @@ struct Vec<double> {
   static APIB_AVX2 inline V sub(V a, V b) { return _mm256_sub_pd(a, b); }
   static APIB_AVX2 inline V mul(V a, V b) { return _mm256_mul_pd(a, b); }
   static APIB_AVX2 inline V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static APIB_AVX2 inline V div(V a, V b) { return _mm256_div_pd(a, b); }
   static APIB_AVX2 inline V clamp0(V s) { return _mm256_max_pd(_mm256_setzero_pd(), s); }
   static APIB_AVX2 inline V sqrt(V a) { return _mm256_sqrt_pd(a); }
 
@@ -278,6 +303,8 @@ struct Vec<double> {
     const V t1 = _mm256_hadd_pd(v2, v3);
     _mm256_storeu_pd(out, _mm256_add_pd(_mm256_permute2f128_pd(t0, t1, 0x20), _mm256_permute2f128_pd(t0, t1, 0x31)));
   }
+  // hsum4's tree across vectors: a[q] in the place of lane q.
+  static APIB_AVX2 inline V tree(const V* a) { return add(add(a[0], a[1]), add(a[2], a[3])); }
 
   // In-register transpose of the 4 x 4 block r.
   static APIB_AVX2 inline void transpose(V* r) {
@@ -456,6 +483,93 @@ APIB_AVX2 void mirror_avx2(T* K, int64_t n, int64_t i0, int64_t i1) {
   }
 }
 
+// Channel-lane path: the full-range centered Grams of up to W channels of a tiny direct problem
+// (D <= kDirectMaxD, n <= kLaneMaxN, pyHSICLasso-style feature selection in blocks of ~20 samples),
+// one channel per vector lane, so that the per-row and per-channel overheads of the path above (about
+// 1.5 us per 20 x 20 Gram) are paid once per W channels. Each lane performs exactly the operations the
+// per-channel path performs on its channel, in the same order and with the same vector primitives
+// (means, mean removal, explicit differences, kernel, row sums with sum_avx2's lanes and tree, centering),
+// so both give the same bits, and so kernel_row_means + row blocks reproduce this path too.
+template <typename T>
+APIB_AVX2 void lanes_avx2(const LaneGroup<T>& g, int64_t k0, int64_t m, void* scratch) {
+  using X = Vec<T>;
+  using V = typename X::V;
+  constexpr int W = X::W;
+  const int64_t n = g.n, D = g.D;
+  V* xs = static_cast<V*>(scratch);  // n x D: mean-removed features
+  V* K = xs + n * D;                 // n x n
+  V* r = K + n * n;                  // n: row means
+  alignas(32) T buf[W] = {};
+  // Features, one channel per lane (lanes past m read channel k0, and are never stored).
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t d = 0; d < D; ++d) {
+      const T* src = g.x + i * g.s0 + k0 * g.s1 + d * g.s2;
+      for (int64_t l = 0; l < W; ++l) buf[l] = src[(l < m ? l : 0) * g.s1];
+      xs[i * D + d] = X::load(buf);
+    }
+  }
+  // means(): rows four at a time when features are contiguous, one at a time otherwise.
+  const V vn = X::set1(static_cast<T>(n));
+  for (int64_t d = 0; d < D; ++d) {
+    V mu = X::zero();
+    int64_t i = 0;
+    if (g.s2 == 1) {
+      for (; i + 4 <= n; i += 4) {
+        const V* q = xs + i * D + d;
+        mu = X::add(mu, X::add(X::add(q[0], q[D]), X::add(q[2 * D], q[3 * D])));
+      }
+    }
+    for (; i < n; ++i) mu = X::add(mu, xs[i * D + d]);
+    mu = X::div(mu, vn);
+    for (int64_t i2 = 0; i2 < n; ++i2) xs[i2 * D + d] = X::sub(xs[i2 * D + d], mu);
+  }
+  // direct_row() and kernel_row(): S from explicit differences, K_ii = 1.
+  const V vng = X::set1(g.neg_gamma);
+  for (int64_t i = 0; i < n; ++i) {
+    K[i * n + i] = X::set1(T(1));
+    for (int64_t j = i + 1; j < n; ++j) {
+      V s = X::zero();
+      for (int64_t d = 0; d < D; ++d) {
+        const V diff = X::sub(xs[i * D + d], xs[j * D + d]);
+        s = X::fma(diff, diff, s);
+      }
+      if (g.laplace) s = X::sqrt(s);
+      K[i * n + j] = K[j * n + i] = X::exp_nonpos(X::mul(s, vng));
+    }
+  }
+  // sum_avx2(): lane l of its accumulator sums entries l, l + W, ... (a zero past the end), then the tree.
+  auto sum = [&](const V* v) {
+    V acc[W];
+    for (int l = 0; l < W; ++l) acc[l] = X::zero();
+    for (int64_t j = 0; j < n; j += W) {
+      for (int l = 0; l < W; ++l) acc[l] = X::add(acc[l], j + l < n ? v[j + l] : X::zero());
+    }
+    return X::tree(acc);
+  };
+  for (int64_t i = 0; i < n; ++i) r[i] = X::div(sum(K + i * n), vn);
+  const V t = X::div(sum(r), vn);
+  // center_row(), then each W x W block transposed to the channels' rows.
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t jb = 0; jb < n; jb += W) {
+      V blk[W];
+      for (int l = 0; l < W; ++l) {
+        const int64_t j = std::min(jb + l, n - 1);
+        blk[l] = X::add(X::sub(X::sub(K[i * n + j], r[i]), r[j]), t);
+      }
+      X::transpose(blk);
+      const int64_t w = std::min<int64_t>(W, n - jb);
+      for (int64_t l = 0; l < m; ++l) {
+        T* dst = g.out + (k0 + l) * n * n + i * n + jb;
+        if (w == W) {
+          X::store(dst, blk[l]);
+        } else {
+          store_tail<T>(dst, w, blk[l]);
+        }
+      }
+    }
+  }
+}
+
 template <typename T>
 Ops<T> avx2_ops() {
   Ops<T> ops;
@@ -476,6 +590,8 @@ Ops<T> avx2_ops() {
   ops.sum = sum_avx2<T>;
   ops.center_row = center_row_avx2<T>;
   ops.mirror = mirror_avx2<T>;
+  ops.lanes = lanes_avx2<T>;
+  ops.lane_count = Vec<T>::W;
   return ops;
 }
 
@@ -1003,6 +1119,18 @@ at::Tensor centered_gram_impl(const at::Tensor& x, KernelKind kind, double gamma
   p.partial_rows = rows;
   at::Tensor out = at::empty({p.C, rows, n}, x.options().memory_format(at::MemoryFormat::Contiguous));
   T* out_p = out.data_ptr<T>();
+  const Ops<T>& ops = ops_for_cpu<T>();
+  if (!row_means.has_value() && p.direct && n <= kLaneMaxN && ops.lanes != nullptr) {
+    const LaneGroup<T> g{x.data_ptr<T>(), x.stride(0), x.stride(1), x.stride(2), n, p.D,
+                         kind == KernelKind::Laplace, static_cast<T>(-gamma), out_p};
+    const int64_t lanes = ops.lane_count;
+    at::parallel_for(0, ceil_div(p.C, lanes), 16, [&](int64_t b, int64_t e) {
+      // Vectors of the group: features (n x D), kernel (n x n), row means (n); at::empty is 64-byte aligned.
+      const at::Tensor scratch = at::empty({(n * p.D + n * n + n) * lanes}, x.options());
+      for (int64_t q = b; q < e; ++q) ops.lanes(g, q * lanes, std::min(lanes, p.C - q * lanes), scratch.data_ptr());
+    });
+    return out;
+  }
   if (!row_means.has_value()) {
     for_each_channel<T>(x, p, n, [&](int64_t k, const Scratch<T>& s, bool par) {
       const Channel<T> c = make_channel<T>(x, p, kind, gamma, s, k);
