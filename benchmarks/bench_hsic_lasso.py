@@ -425,7 +425,7 @@ def main():
     parser.add_argument(
         "--alpha", type=float, default=5e-5, help="(a) the Lasso penalty, scikit-learn's scale"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="(a) timed runs of ours (best)")
+    parser.add_argument("--repeats", type=int, default=9, help="(a) timed runs of ours (best)")
     parser.add_argument("--ref-repeats", type=int, default=3, help="(a) timed runs of the reference (best)")
     parser.add_argument("--repeats-b", type=int, default=2, help="(b) timed runs of each library (best)")
     parser.add_argument("--tasks", nargs="+", default=["regression", "classification"])
@@ -474,17 +474,27 @@ def main():
         "backend": backend,
         "args": {k: v for k, v in vars(args).items() if k != "worker"},
     }
-    text = [
-        f"# hsic_lasso benchmark\n\n{env['device']}; torch {env['torch']}, python {env['python']}; "
-        f"backend {backend}; commit {env['commit']}; {env['date']}.\n"
-    ]
+    sections = {}
+    part_load = os.getloadavg()
+
+    def provenance() -> str:
+        nonlocal part_load
+        line = (
+            f"_Run: commit {env['commit']}, {env['date']}; torch {env['torch']}, python {env['python']}, "
+            f"backend {backend}; load average (1, 5, 15 min) {_load(part_load)} at start, "
+            f"{_load(os.getloadavg())} at end, on {os.cpu_count()} CPUs (above the CPU count: other jobs "
+            "shared the machine)._\n\n"
+        )
+        part_load = os.getloadavg()
+        return line
+
     has_sklearn = importlib.util.find_spec("sklearn") is not None
     if "a" in args.part and not has_sklearn:
         print("(a) skipped: the reference step needs scikit-learn, which is not installed; (a2) runs")
     if "a" in args.part and has_sklearn:
         rows, lines = part_a(args, device)
         record["per_layer"] = rows
-        text.append(
+        sections["a"] = (
             f"## (a) Per-layer APIB step, ResNet-50 layer shapes, n = {args.n}, α = {args.alpha:g}\n\n"
             "Ours: `hsic_lasso(x, y, alpha)` on float32 maps (Gram-form statistics, then the C×C "
             f"non-negative Lasso in float64), best of {args.repeats} after a warm-up. Reference: numpy "
@@ -499,20 +509,21 @@ def main():
             "Converged: scikit-learn's Lasso on the f64 design run to tol 1e-8 "
             "(untimed), the exact kept set; the columns say whether each route keeps exactly that set. "
             "Synthetic layers (see the script's docstring); the output is 32 ReLU maps of the input's "
-            "size. Times on a shared machine vary by several × between runs (load average above).\n\n"
+            "size. Times on a shared machine vary by several × between runs (load average below).\n\n"
+            + provenance()
             + "\n".join(lines)
             + "\n"
         )
     if "a" in args.part:
         rows, lines = part_a_solvers(args, device)
         record["solvers"] = rows
-        text.append(
+        sections["a2"] = (
             f"## (a2) The Lasso solvers on the same (Q, b), device {device.type}\n\n"
             "`lasso_gram(Q, b, alpha, n², backend=...)` on each layer's statistics from (a): the compiled "
             'CPU coordinate descent ("cpu") against the batched projected Newton solver in tensor ops '
             f'("torch", on the device), at α = {args.alpha:g} and for {SOLVER_BATCH} penalties from α to '
             f"α/10 in one batched call; best of {args.repeats} after a warm-up. This decides which solver "
-            "CUDA inputs should use by default (today: torch).\n\n" + "\n".join(lines) + "\n"
+            "CUDA inputs should use by default (today: torch).\n\n" + provenance() + "\n".join(lines) + "\n"
         )
     if "b" in args.part:
         rows, lines = part_b(args)
@@ -523,7 +534,7 @@ def main():
             pyh = version("pyhsiclasso")
         except Exception:  # noqa: BLE001  (any failure: report it as not installed)
             pyh = "not installed"
-        text.append(
+        sections["b"] = (
             f"## (b) Against pyHSICLasso {pyh} on n × d feature selection, top {TOP_K}\n\n"
             "Same data, same k; pyHSICLasso's settings mirrored (standardised features, Gaussian kernel "
             "of width 1, normalised Grams; block B = 20 with M = 3 permutations vs our block_size = 20, "
@@ -534,17 +545,44 @@ def main():
             f"in its own process; × = pyHSICLasso time / ours. Overlap: features in both top-{TOP_K} lists. "
             f"Planted: how many of the {PLANTED} features y depends on are in the top {TOP_K}. Peak RSS: "
             "the run's process (VmHWM), interpreter, torch and data included; pyHSICLasso's joblib worker "
-            "processes, which build its per-feature kernels, are not counted.\n\n" + "\n".join(lines) + "\n"
+            "processes, which build its per-feature kernels, are not counted.\n\n"
+            + provenance()
+            + "\n".join(lines)
+            + "\n"
         )
     record["load_average"] = {"start": load_start, "end": os.getloadavg()}
-    text.insert(
-        1,
-        f"Load average (1, 5, 15 min) at start {_load(load_start)}, at end {_load(os.getloadavg())} on "
-        f"{os.cpu_count()} CPUs: a load above the CPU count means other jobs shared the machine.\n",
-    )
     append_jsonl(os.path.join(RESULTS, "hsic_lasso.jsonl"), record)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", env["device"]).strip("-").lower()
-    write_atomic(os.path.join(RESULTS, f"hsic_lasso_{slug}.md"), "\n".join(text))
+    path = os.path.join(RESULTS, f"hsic_lasso_{slug}.md")
+    kept = {k: v for k, v in _sections(path).items() if k not in sections}
+    parts = {**kept, **sections}
+    text = [
+        f"# hsic_lasso benchmark\n\n{env['device']}. Each part names the run it comes from: a run of some "
+        "parts keeps the other parts' latest results.\n",
+        *(parts[k] for k in ("a", "a2", "b") if k in parts),
+    ]
+    write_atomic(path, "\n".join(text))
+
+
+def _sections(path: str) -> dict:
+    """The "## (part)" sections of an existing results file, by part ("a", "a2", "b"); {} if none. A
+    section from a file written before sections named their run gets the file's commit and date."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        chunks = re.split(r"^(?=## \()", fh.read(), flags=re.M)
+    old = re.search(r"commit (\S+); (\d{4}-\d\d-\d\d [\d:]+)\.", chunks[0])
+    out = {}
+    for chunk in chunks:
+        m = re.match(r"## \((\w+)\)", chunk)
+        if not m:
+            continue
+        if old and "_Run: " not in chunk:
+            head, _, rest = chunk.partition("\n\n| ")
+            run = f"_Run: commit {old.group(1)}, {old.group(2)} (load average: hsic_lasso.jsonl)._"
+            chunk = f"{head}\n\n{run}\n\n| {rest}"
+        out[m.group(1)] = chunk.rstrip("\n") + "\n"
+    return out
 
 
 if __name__ == "__main__":
