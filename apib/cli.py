@@ -30,6 +30,7 @@ from apib.models import get_model, model_names
 from apib.pruning import prune
 from apib.train import evaluate, recalibrate_bn, train
 from apib_kernels import KERNELS
+from apib_kernels._validation import check_int, check_number
 
 logger = logging.getLogger("apib")
 
@@ -171,10 +172,9 @@ def _cmd_train(args) -> dict:
 
 
 def _cmd_prune(args) -> dict:
-    if args.alpha is not None and not args.alpha > 0:
-        raise ValueError(f"--alpha must be a penalty > 0, got {args.alpha}")
-    if args.bn_images < 0:
-        raise ValueError(f"--bn-images must be >= 0, got {args.bn_images}")
+    if args.alpha is not None:
+        check_number(args.alpha, "--alpha", positive=True)
+    check_int(args.bn_images, "--bn-images", 0)
     device = _device(args)
     torch.manual_seed(args.seed)
     classes = data.num_classes(args.dataset)

@@ -7,10 +7,10 @@ computed (and returned) in float32, float64 stays float64.
 """
 
 import math
-from numbers import Real
 
 import torch
 
+from apib_kernels._validation import check_int, check_number
 from apib_kernels.backends import resolve_backend
 from apib_kernels.reference import default_gamma
 
@@ -65,9 +65,7 @@ def _kernel_args(kernel, gamma, dim: int, names: tuple[str, str], allowed=KERNEL
         raise ValueError(f"{kname} must be one of {tuple(allowed)}, got {kernel!r}")
     if gamma is None:
         return kernel, default_gamma(kernel, dim)
-    if isinstance(gamma, bool) or not isinstance(gamma, Real) or not math.isfinite(gamma) or gamma <= 0:
-        raise ValueError(f"{gname} must be a positive finite number or None, got {gamma!r}")
-    return kernel, float(gamma)
+    return kernel, check_number(gamma, gname, positive=True)
 
 
 def centered_gram(x: torch.Tensor, kernel: str = "laplace", gamma: float | None = None, *, backend=None):
@@ -188,10 +186,8 @@ def hsic_matrix(
     kernel, g = _kernel_args(kernel, gamma, d, ("kernel", "gamma"))
     if y_kernel is None and isinstance(y, torch.Tensor) and y.is_floating_point():
         y_kernel = kernel
-    if memory_limit is not None and (
-        isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit <= 0
-    ):
-        raise ValueError(f"memory_limit must be a positive number of bytes or None, got {memory_limit!r}")
+    if memory_limit is not None:
+        check_int(memory_limit, "memory_limit (bytes)", 1)
     be = resolve_backend(backend, f.device)
     lbar = output_gram(y, n, y_kernel, y_gamma, like=f, backend=backend)
     code = KERNELS[kernel]

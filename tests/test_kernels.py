@@ -213,6 +213,12 @@ BAD_CALLS = [
     (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.randn(4, 2), y_kernel="delta"), ValueError, "'delta'"),
     (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.randn(4), y_gamma=-2.0), ValueError, "y_gamma"),
     (lambda: ak.hsic_matrix(torch.randn(4, 2), torch.randn(4), memory_limit=0), ValueError, "memory_limit"),
+    (
+        lambda: ak.hsic_matrix(torch.randn(4, 2), torch.randn(4), memory_limit=True),
+        ValueError,
+        "memory_limit",
+    ),
+    (lambda: ak.centered_gram(torch.randn(4, 2), gamma=True), ValueError, "gamma must be a positive"),
 ]
 
 

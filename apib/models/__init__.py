@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 from apib.checkpoint import load_checkpoint
+from apib_kernels._validation import check_int
 
 from .cifar_resnet import resnet20, resnet56, resnet110
 from .googlenet import googlenet
@@ -83,9 +84,7 @@ def get_model(name: str, num_classes: int = 10, pretrained_path: str | Path | No
     """
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(MODELS)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    model = MODELS[name](num_classes)
+    model = MODELS[name](check_int(num_classes, "num_classes", 1))
     if pretrained_path is not None:
         load_state_dict(model, pretrained_path)
     return model
