@@ -538,9 +538,9 @@ def lasso_path(
     input dtype (as `lasso_gram`'s result); all on Q's device. backend: the solver, as in `lasso_gram`
     ("torch": the batched projected Newton solver on Q's device, the default for CUDA inputs).
     """
-    backend, where = _backend(backend, Q)
-    q, bb, batched, dtype, device = _problems(Q, b, where)
-    if batched:
+    problem = GramProblem(Q, b, backend)
+    q, bb, device = problem.q, problem.b, problem.device
+    if problem.batched:
         raise ValueError(f"lasso_path solves one problem: Q must be (C, C), got shape {tuple(Q.shape)}")
     n = check_number(n_rows, "n_rows", positive=True)
     t = check_number(tol, "tol")
@@ -571,7 +571,7 @@ def lasso_path(
     coefs = bb.new_empty(len(grid), bb.shape[1])
     beta = torch.zeros_like(bb)
     for i, a in enumerate(grid.to(bb.device)):
-        beta, _, _ = _solve(q, bb, a.reshape(1), beta, n, positive, t, m, True, backend=backend)
+        beta, _, _ = _solve(q, bb, a.reshape(1), beta, n, positive, t, m, True, backend=problem.backend)
         coefs[i] = beta[0]
-    coefs = coefs.to(device=device, dtype=dtype)
+    coefs = coefs.to(device=device, dtype=problem.dtype)
     return grid.to(device), coefs, (coefs != 0).sum(1)

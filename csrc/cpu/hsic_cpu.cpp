@@ -812,10 +812,10 @@ void over_segments(const Channel<T>& c, bool pack_panels, const F& pass) {
   });
 }
 
-// Adds the segments' buffers to segment 0's, in segment order: rows [0, rows) of the Gram (from the
-// diagonal on when `upper`, the part the full-range pass uses), and the diagonal when `diag`.
+// Adds the segments' Gram buffers to segment 0's (G), in segment order: rows [0, rows), from the
+// diagonal on when `upper` (the part the full-range pass uses).
 template <typename T>
-void add_partials(const Channel<T>& c, T* G, int64_t rows, bool upper, bool diag) {
+void add_partial_grams(const Channel<T>& c, T* G, int64_t rows, bool upper) {
   const int64_t n = c.n;
   at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
@@ -825,10 +825,14 @@ void add_partials(const Channel<T>& c, T* G, int64_t rows, bool upper, bool diag
       }
     }
   });
-  if (!diag) return;
+}
+
+// The same for the squared norms: the segments' diagonals added to c.sq, in segment order.
+template <typename T>
+void add_partial_diags(const Channel<T>& c) {
   for (int64_t s = 1; s < c.nseg; ++s) {
     const T* p = partial_diag(c, s);
-    for (int64_t j = 0; j < n; ++j) c.sq[j] += p[j];
+    for (int64_t j = 0; j < c.n; ++j) c.sq[j] += p[j];
   }
 }
 
@@ -897,7 +901,7 @@ void prepare_all(const Channel<T>& c, bool par) {
     over_segments(c, true, [&](int64_t s, const Channel<T>& cs, int64_t d0, bool acc) {
       if (diag) gram_diag(cs, s == 0 ? c.sq : partial_diag(c, s), d0, 0, c.n, acc);
     });
-    if (diag) add_partials(c, c.sq, 0, false, true);
+    if (diag) add_partial_diags(c);
     return;
   }
   compute_means(c, par);
@@ -921,7 +925,7 @@ void full_channel(const Channel<T>& c, T* K, T* r, bool center, bool par) {
       over_segments(c, true, [&](int64_t s, const Channel<T>& cs, int64_t d0, bool acc) {
         gram_upper(cs, s == 0 ? K : partial_gram(c, s), d0, 0, npairs, acc);
       });
-      add_partials(c, K, n, true, false);
+      add_partial_grams(c, K, n, true);
     } else {
       compute_means(c, par);
       for (int64_t d0 = 0; d0 < c.dp; d0 += kDBlock<T>) {
@@ -964,7 +968,8 @@ void kernel_rows(const Channel<T>& c, T* K, int64_t rs, int64_t re, bool packed,
         if (diag) gram_diag(cs, s == 0 ? c.sq : partial_diag(c, s), d0, 0, n, acc);
         gram_rows(cs, s == 0 ? K : partial_gram(c, s), d0, rs, re, 0, ntiles, acc);
       });
-      add_partials(c, K, re - rs, false, diag);
+      add_partial_grams(c, K, re - rs, false);
+      if (diag) add_partial_diags(c);
     } else {
       if (!packed) compute_means(c, par);
       for (int64_t d0 = 0; d0 < c.dp; d0 += kDBlock<T>) {
