@@ -87,6 +87,8 @@ struct Ops {
   T (*sum)(const T* v, int64_t len);
   // out[j] = ((k[j] - ri) - r[j]) + t; out may alias k.
   void (*center_row)(T* out, const T* k, const T* r, T ri, T t, int64_t len);
+  // out[j] = a[j] - b[j] (mean removal while packing).
+  void (*sub_row)(T* out, const T* a, const T* b, int64_t len);
   // K[j, i] = K[i, j] for i in [i0, i1), j > i: the lower triangle of the n x n K from the upper.
   void (*mirror)(T* K, int64_t n, int64_t i0, int64_t i1);
   // Full-range centered direct Grams (n <= kLaneMaxN) of channels [k0, k0 + m), m <= lanes, one per
@@ -163,6 +165,11 @@ void center_row_generic(T* out, const T* k, const T* r, T ri, T t, int64_t len) 
 }
 
 template <typename T>
+void sub_row_generic(T* out, const T* a, const T* b, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) out[j] = a[j] - b[j];
+}
+
+template <typename T>
 void mirror_generic(T* K, int64_t n, int64_t i0, int64_t i1) {
   for (int64_t i = i0; i < i1; ++i) {
     for (int64_t j = i + 1; j < n; ++j) K[j * n + i] = K[i * n + j];
@@ -188,6 +195,7 @@ Ops<T> generic_ops() {
   ops.direct_row = direct_row_generic<T>;
   ops.sum = sum_generic<T>;
   ops.center_row = center_row_generic<T>;
+  ops.sub_row = sub_row_generic<T>;
   ops.mirror = mirror_generic<T>;
   ops.lanes = nullptr;
   ops.lane_count = 0;
@@ -459,6 +467,19 @@ APIB_AVX2 void center_row_avx2(T* out, const T* k, const T* r, T ri, T t, int64_
   for (; j < len; ++j) out[j] = ((k[j] - ri) - r[j]) + t;
 }
 
+template <typename T>
+APIB_AVX2 void sub_row_avx2(T* out, const T* a, const T* b, int64_t len) {
+  using X = Vec<T>;
+  constexpr int W = X::W;
+  int64_t j = 0;
+  for (; j + 4 * W <= len; j += 4 * W) {
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) X::store(out + j + u * W, X::sub(X::load(a + j + u * W), X::load(b + j + u * W)));
+  }
+  for (; j + W <= len; j += W) X::store(out + j, X::sub(X::load(a + j), X::load(b + j)));
+  for (; j < len; ++j) out[j] = a[j] - b[j];
+}
+
 // Whole W x W blocks right of the diagonal are transposed in registers; diagonal blocks and the
 // ragged edges (n not a multiple of W) go element by element. i0 must be a multiple of W.
 template <typename T>
@@ -589,6 +610,7 @@ Ops<T> avx2_ops() {
   ops.direct_row = direct_row_avx2<T>;
   ops.sum = sum_avx2<T>;
   ops.center_row = center_row_avx2<T>;
+  ops.sub_row = sub_row_avx2<T>;
   ops.mirror = mirror_avx2<T>;
   ops.lanes = lanes_avx2<T>;
   ops.lane_count = Vec<T>::W;
@@ -697,7 +719,7 @@ void pack(const Channel<T>& c, int64_t d0, int64_t da, int64_t db) {
       const T* src = c.x + i * c.s0;
       T* dst = P + i * w;
       if (c.s2 == 1) {
-        for (int64_t d = da; d < dl; ++d) dst[d] = src[d] - mu[d];
+        c.ops->sub_row(dst + da, src + da, mu + da, dl - da);
       } else {
         for (int64_t d = da; d < dl; ++d) dst[d] = src[d * c.s2] - mu[d];
       }
