@@ -99,6 +99,10 @@ def output_gram(y, n: int, y_kernel=None, y_gamma=None, *, like: torch.Tensor, b
     1[y_i = y_j] / n_c (n_c the size of y_i's class among these n samples, as pyHSICLasso) — or (n, *)
     floats, flattened per sample, with y_kernel (default "laplace") and y_gamma as for `centered_gram`.
     """
+    return _output_gram(y, n, y_kernel, y_gamma, like, backend, check_finite=True)
+
+
+def _output_gram(y, n: int, y_kernel, y_gamma, like: torch.Tensor, backend, check_finite: bool) -> torch.Tensor:
     _check_tensor(y, "y")
     if y.dim() == 0 or y.shape[0] != n:
         raise ValueError(
@@ -106,7 +110,8 @@ def output_gram(y, n: int, y_kernel=None, y_gamma=None, *, like: torch.Tensor, b
         )
     if y.device != like.device:
         raise ValueError(f"y must be on x's device {like.device}, got {y.device}")
-    _check_finite(y, "y")
+    if check_finite:
+        _check_finite(y, "y")
     labels = not y.is_floating_point()
     if y_kernel is None:
         y_kernel = "delta" if labels else "laplace"
@@ -179,8 +184,8 @@ def hsic_matrix(
     in blocks of rows, so the extra memory stays about 2·memory_limit (plus the O(n·D + C²) inputs
     and outputs), at the cost of a second Gram pass.
     """
-    # NaN/Inf in x reach Q and b in every backend, so the C x C outputs are checked instead of
-    # scanning all of x (a fifth of the whole call on large layers); x is scanned only to explain.
+    # NaN/Inf in x or y reach Q, b or c in every backend, so those outputs are checked instead of
+    # scanning all of x (a fifth of the whole call on large layers) and y; they are scanned only to explain.
     f = _features(x, check_finite=False)
     n, c, d = f.shape
     kernel, g = _kernel_args(kernel, gamma, d, ("kernel", "gamma"))
@@ -189,7 +194,7 @@ def hsic_matrix(
     if memory_limit is not None:
         check_int(memory_limit, "memory_limit (bytes)", 1)
     be = resolve_backend(backend, f.device)
-    lbar = output_gram(y, n, y_kernel, y_gamma, like=f, backend=backend)
+    lbar = _output_gram(y, n, y_kernel, y_gamma, f, backend, check_finite=False)
     code = KERNELS[kernel]
     q = f.new_zeros(c, c)
     b = f.new_zeros(c)
@@ -206,10 +211,12 @@ def hsic_matrix(
             e = min(n, s + rows)
             _accumulate(q, b, be.centered_gram(f, code, g, s, e, means), lbar[s:e], s)
     q = _mirror_upper(q)
-    if not bool(torch.isfinite(q).all() & torch.isfinite(b).all()):
+    cc = (lbar * lbar).sum()
+    if not bool(torch.isfinite(q).all() & torch.isfinite(b).all() & torch.isfinite(cc)):
         _check_finite(f, "x")
-        raise ValueError(f"the HSIC statistics overflowed in {f.dtype}: x has values too large for it")
-    return q, b, (lbar * lbar).sum()
+        _check_finite(y, "y")
+        raise ValueError(f"the HSIC statistics overflowed in {f.dtype}: x or y has values too large for it")
+    return q, b, cc
 
 
 def hsic(

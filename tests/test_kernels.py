@@ -187,6 +187,13 @@ BAD_CALLS = [
     (lambda: ak.centered_gram(torch.tensor([[1.0, math.nan]] * 3)), ValueError, "NaN or infinite"),
     (lambda: ak.hsic_matrix(torch.tensor([[1.0, math.nan]] * 3), torch.randn(3)), ValueError, "x contains"),
     (lambda: ak.hsic_matrix(torch.tensor([[1.0, math.inf]] * 3), torch.randn(3)), ValueError, "x contains"),
+    (lambda: ak.hsic_matrix(torch.randn(3, 2), torch.tensor([1.0, math.nan, 0.0])), ValueError, "y contains"),
+    (lambda: ak.hsic_matrix(torch.randn(3, 2), torch.tensor([[1.0], [-math.inf], [0.0]])), ValueError, "y contains"),
+    (
+        lambda: ak.hsic_matrix(torch.randn(3, 2), torch.tensor([1e300, 0.0, 1.0], dtype=torch.float64)),
+        ValueError,
+        "overflowed",
+    ),  # finite float64 y that overflows x's float32
     (
         lambda: ak.hsic_matrix(torch.tensor([[1e30, 0.0], [-1e30, 1], [0, 2]]), torch.randn(3), "linear"),
         ValueError,
