@@ -26,6 +26,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -1096,9 +1097,12 @@ template <typename T, class F>
 void for_each_channel(const at::Tensor& x, const Plan& p, int64_t extra, const F& body) {
   const auto opt = x.options().memory_format(at::MemoryFormat::Contiguous);
   if (p.channel_parallel) {
-    at::parallel_for(0, p.C, 1, [&](int64_t b, int64_t e) {
+    // Channels are claimed one at a time rather than split evenly up front: on a shared machine one
+    // thread can run much slower than the other for a while, and a static split leaves the other idle.
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, std::min<int64_t>(p.C, at::get_num_threads()), 1, [&](int64_t, int64_t) {
       Scratch<T> s(p, extra, opt);
-      for (int64_t k = b; k < e; ++k) body(k, s, false);
+      for (int64_t k = next++; k < p.C; k = next++) body(k, s, false);
     });
   } else {
     Scratch<T> s(p, extra, opt);
