@@ -14,7 +14,9 @@ Two solvers (`backend`):
   Grams: a move to the exact minimiser on the current sign pattern (stopped where a coefficient would
   change sign), preceded, while Q restricted to the support is singular (duplicated channels, more
   non-zeros than the design's rank), by moves along its null directions that drop coefficients. No move
-  increases the objective. The compiled op `apib::lasso_cd` (csrc/cpu/lasso_cpu.cpp, problems in
+  increases the objective, nor grows ‖β‖₁ past the point where g's float64 rounding error would near
+  the stopping threshold (flat moves on singular faces could otherwise run away, as on unpenalised
+  signed fits of dependent columns). The compiled op `apib::lasso_cd` (csrc/cpu/lasso_cpu.cpp, problems in
   parallel) runs it when the extension is built; otherwise a numpy implementation of the same steps does.
 - "torch": `apib_kernels.lasso_batched.solve_batched`, the GPU solver and the default for CUDA inputs: a
   batched orthant-wise projected Newton method (active-set identification, one batched Cholesky per
@@ -48,9 +50,10 @@ from apib_kernels.ops import _check_finite, _check_tensor
 
 logger = logging.getLogger("apib_kernels")
 
-# keep equal to kPivotRel and kObjectiveSlack in csrc/cpu/lasso_cpu.cpp
+# keep equal to kPivotRel, kObjectiveSlack and kNoiseFraction in csrc/cpu/lasso_cpu.cpp
 _PIVOT_REL = 1e-10
 _OBJECTIVE_SLACK = 1e-13
+_NOISE_FRACTION = 1e-2
 
 __all__ = [
     "GramProblem",
@@ -223,13 +226,13 @@ def _step_length(bs, direction, t_max):
     return t, block
 
 
-def _newton(Q, b, beta, lam, idx):
+def _newton(Q, b, beta, lam, idx, l1_limit):
     """Support Newton step (see csrc/cpu/lasso_cpu.cpp): moves towards the minimiser on the current sign
     pattern (along null directions while Q_SS is singular), repeated while they drop a coordinate, until
     one reaches its face's minimiser. Returns (pattern changed, new g or None)."""
     changed, g_out = False, None
     for _ in range(len(idx) + 1):
-        moved, singular, g_new = _face_step(Q, b, beta, lam, idx)
+        moved, singular, g_new = _face_step(Q, b, beta, lam, idx, l1_limit)
         changed = changed or moved == 1
         g_out = g_new if g_new is not None else g_out
         if moved < 0 or (moved == 0 and not singular):
@@ -237,9 +240,9 @@ def _newton(Q, b, beta, lam, idx):
     return changed, g_out
 
 
-def _face_step(Q, b, beta, lam, idx):
+def _face_step(Q, b, beta, lam, idx, l1_limit):
     """One move of _newton -> (-1: none, 0: made, 1: made and a coordinate dropped; null-direction
-    move?; new g or None)."""
+    move?; new g or None). A move that grows ‖β‖₁ past l1_limit is refused (see the C++ move)."""
     S = np.array([j for j in idx if beta[j] != 0], dtype=np.int64)
     if len(S) == 0:
         return -1, False, None
@@ -272,6 +275,9 @@ def _face_step(Q, b, beta, lam, idx):
     f_old = _objective_g(b, beta, g_old, lam)
     if not _objective_g(b, trial, g_new, lam) <= f_old + _OBJECTIVE_SLACK * abs(f_old):
         return -1, fail >= 0, None
+    l1_new = float(np.abs(trial).sum())
+    if l1_new > float(np.abs(beta).sum()) and l1_new > l1_limit:
+        return -1, fail >= 0, None
     dropped = bool(np.any((trial == 0) != (beta == 0)))
     beta[:] = trial
     return int(dropped), fail >= 0, g_new
@@ -283,6 +289,8 @@ def _solve_one_numpy(Q, b, beta, lam, positive, tol, max_iter, newton):
     beta[(d <= 0) | (positive & (beta < 0))] = 0.0
     scale = float(np.abs(b).max()) or 1.0
     thr = tol * scale
+    noise = C * float(np.finfo(np.float64).eps) * max(float(d.max()), 0.0)  # per unit of ‖β‖₁, as in C++
+    l1_limit = _NOISE_FRACTION * thr / noise if noise > 0 else math.inf
     g = _gradient(Q, b, beta)
     every = np.arange(C)
     it, pattern_new = 0, True
@@ -301,7 +309,7 @@ def _solve_one_numpy(Q, b, beta, lam, positive, tol, max_iter, newton):
             if _violation(d, beta, g, lam, positive, active) <= thr:
                 break
             if newton and not changed and pattern_new:
-                pattern_new, g_new = _newton(Q, b, beta, lam, active_list)
+                pattern_new, g_new = _newton(Q, b, beta, lam, active_list, l1_limit)
                 if g_new is not None:
                     g = g_new
                 if _violation(d, beta, g, lam, positive, active) <= thr:

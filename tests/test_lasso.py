@@ -255,6 +255,29 @@ def test_more_channels_than_rows(solver, positive, caplog):
     assert "did not converge" not in caplog.text
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_unpenalised_signed_fit_on_dependent_columns(solver, seed, caplog):
+    # alpha = 0, positive=False: plain least squares whose minimisers form an affine set (columns that
+    # are multiples of others, sometimes fewer rows than columns). The support Newton step used to move
+    # along that set without bound (beta past 1e100) and never converge; it must stay bounded.
+    rng = np.random.default_rng(seed)
+    c = int(rng.integers(8, 40))
+    rows = int(rng.integers(c // 2, 2 * c))
+    A = rng.standard_normal((rows, c))
+    k = int(rng.integers(1, c // 2))
+    src, dst = rng.choice(c, size=k, replace=False), rng.choice(c, size=k, replace=False)
+    A[:, dst] = A[:, src] * rng.uniform(-2, 2, size=k)
+    y = rng.standard_normal(rows)
+    Q, b, _ = gram(A, y)
+    with caplog.at_level(logging.WARNING, logger="apib_kernels"):
+        coef = lasso_gram(Q, b, 0.0, rows, positive=False)
+    assert "did not converge" not in caplog.text
+    assert_kkt(Q, b, coef, 0.0, rows, False)
+    w_min, *_ = np.linalg.lstsq(A, y, rcond=None)
+    o, o_min = design_objective(A, y, coef.numpy(), 0.0), design_objective(A, y, w_min, 0.0)
+    assert o <= o_min + 1e-9 * float(y @ y) / rows
+
+
 def test_single_channel_closed_form(solver):
     Q, b = torch.tensor([[4.0]]), torch.tensor([3.0])
     assert lasso_gram(Q, b, 1.0, 2, positive=True).item() == pytest.approx((3.0 - 2.0) / 4.0, rel=1e-15)

@@ -21,7 +21,9 @@
 //     if Q_SS is singular (duplicated channels, more non-zeros than the design's rank) it moves along
 //     a null direction of Q_SS instead, until a coordinate reaches zero (see newton_step).
 //     The objective cannot increase along either move; a move is kept only if the objective,
-//     recomputed from scratch, did not increase beyond rounding (a guard for ill-conditioned Q_SS).
+//     recomputed from scratch, did not increase beyond rounding (a guard for ill-conditioned Q_SS),
+//     and only if it does not grow ||beta||_1 so far that g's rounding error nears the stopping
+//     threshold (on singular faces of unpenalised signed fits, flat moves otherwise ran away).
 //     The Cholesky factor is kept from one Newton step to the next and updated in O(k^2) per support
 //     change (columns removed by a rank-one update, new ones appended): the support changes by a few
 //     coordinates between steps, and refactorising in O(k^3) each time cost 80% of the solve at
@@ -50,6 +52,9 @@ namespace {
 constexpr double kPivotRel = 1e-10;
 // A move along a flat direction leaves the objective unchanged up to rounding: accept that much.
 constexpr double kObjectiveSlack = 1e-13;
+// A move that grows ||beta||_1 is refused once the gradient's rounding error could reach this fraction
+// of the stopping threshold (see move): past it the sweeps could no longer certify convergence.
+constexpr double kNoiseFraction = 1e-2;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 // factor_support's answer for an empty support.
 constexpr int64_t kEmpty = -2;
@@ -86,6 +91,10 @@ class Solver {
     }
     if (scale == 0) scale = 1;
     const double thr = tol * scale;
+    // Rounding error of g = b - Q beta, per unit of ||beta||_1: C roundings of terms up to max Q_jj.
+    const double noise = static_cast<double>(C) * std::numeric_limits<double>::epsilon() *
+                         std::max(*std::max_element(d_.begin(), d_.end()), 0.0);
+    l1_limit_ = noise > 0 ? kNoiseFraction * thr / noise : kInf;
     recompute_gradient(p_.beta, g_.data());
 
     std::vector<int64_t> all(C), active;
@@ -171,6 +180,12 @@ class Solver {
       v = std::max(v, e);
     }
     return v;
+  }
+
+  double l1_norm(const double* beta) const {
+    double s = 0;
+    for (int64_t j = 0; j < p_.C; ++j) s += std::fabs(beta[j]);
+    return s;
   }
 
   // 1/2 beta^T (b - g) - b^T beta + lam ||beta||_1, i.e. the objective when g = b - Q beta.
@@ -308,6 +323,11 @@ class Solver {
     recompute_gradient(trial_.data(), gtrial_.data());
     const double f_old = objective(p_.beta, gold_.data());
     if (!(objective(trial_.data(), gtrial_.data()) <= f_old + kObjectiveSlack * std::fabs(f_old))) return -1;
+    // On a (numerically) singular face the move can be huge and still pass that check: the objective
+    // is flat there. With alpha = 0, positive = false and dependent columns, repeated moves grew beta
+    // past 1e100 and the solve never converged. The sweeps never need such a beta, so refuse it.
+    const double l1_old = l1_norm(p_.beta), l1_new = l1_norm(trial_.data());
+    if (l1_new > l1_old && l1_new > l1_limit_) return -1;
     bool dropped = false;
     for (int64_t j = 0; j < C; ++j) {
       dropped = dropped || ((trial_[j] == 0) != (p_.beta[j] == 0));
@@ -413,6 +433,7 @@ class Solver {
   std::vector<int64_t> fS_, pending_;  // the factored coordinates, in factor order; the support not factored
   std::vector<char> in_S_;
   std::vector<double> U_, w_, x_, trial_, gold_, gtrial_;
+  double l1_limit_ = kInf;  // see run and move
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lasso_cd_cpu(const at::Tensor& Q, const at::Tensor& b,
