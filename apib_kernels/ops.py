@@ -102,7 +102,10 @@ def output_gram(y, n: int, y_kernel=None, y_gamma=None, *, like: torch.Tensor, b
     return _output_gram(y, n, y_kernel, y_gamma, like, backend, check_finite=True)
 
 
-def _output_gram(y, n: int, y_kernel, y_gamma, like: torch.Tensor, backend, check_finite: bool) -> torch.Tensor:
+def _output_gram(y, n: int, y_kernel, y_gamma, like, backend, check_finite: bool) -> torch.Tensor:
+    """`output_gram`; check_finite=False skips the NaN/Inf scan of a y that goes through a kernel
+    function, for callers that check L̄'s statistics instead (class labels are always scanned: a NaN
+    label would only empty its row of L̄)."""
     _check_tensor(y, "y")
     if y.dim() == 0 or y.shape[0] != n:
         raise ValueError(
@@ -110,11 +113,11 @@ def _output_gram(y, n: int, y_kernel, y_gamma, like: torch.Tensor, backend, chec
         )
     if y.device != like.device:
         raise ValueError(f"y must be on x's device {like.device}, got {y.device}")
-    if check_finite:
-        _check_finite(y, "y")
     labels = not y.is_floating_point()
     if y_kernel is None:
         y_kernel = "delta" if labels else "laplace"
+    if check_finite or y_kernel in LABEL_KERNELS:
+        _check_finite(y, "y")
     if y_kernel in LABEL_KERNELS:
         if y.dim() != 1:
             raise ValueError(
@@ -215,7 +218,13 @@ def hsic_matrix(
     if not bool(torch.isfinite(q).all() & torch.isfinite(b).all() & torch.isfinite(cc)):
         _check_finite(f, "x")
         _check_finite(y, "y")
-        raise ValueError(f"the HSIC statistics overflowed in {f.dtype}: x or y has values too large for it")
+        # Q comes from x alone and c from y alone; b from both.
+        culprit = "x or y"
+        if not bool(torch.isfinite(q).all()):
+            culprit = "x"
+        elif not bool(torch.isfinite(cc)):
+            culprit = "y"
+        raise ValueError(f"the HSIC statistics overflowed in {f.dtype}: {culprit} has values too large")
     return q, b, cc
 
 

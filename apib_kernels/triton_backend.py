@@ -123,7 +123,8 @@ def _centered_gram_kernel(
                 sq_a += tl.sum(a * a, 1)
                 sq_b += tl.sum(b * b, 0)
         if KERNEL != _LINEAR:
-            s = tl.maximum(sq_a[:, None] + sq_b[None, :] - 2.0 * g, 0.0)
+            # NaN must survive the clamp (as in torch's clamp_min): NaN/Inf in x are detected downstream.
+            s = tl.maximum(sq_a[:, None] + sq_b[None, :] - 2.0 * g, 0.0, propagate_nan=tl.PropagateNan.ALL)
 
     if KERNEL == _LINEAR:
         k = g

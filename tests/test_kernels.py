@@ -123,6 +123,25 @@ def test_constant_channels_give_zero_not_nan(backend, kernel, dtype):
     assert abs(float(b[1])) <= 1e-6 * _scale(b) and q[1].abs().max() <= 1e-6 * _scale(q)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # triton's interpreter
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+@pytest.mark.parametrize("features", [3, 20], ids=["direct", "gram"])
+def test_non_finite_inputs_reach_the_statistics(backend, kernel, features):
+    # hsic_matrix does not scan x or float y up front: it relies on NaN/Inf reaching Q, b or c in
+    # every backend (through the means, the clamp of the distances and the centering).
+    dev = backend_device(backend)
+    x, y = torch.randn(9, 4, features), torch.randn(9, features)
+    for bad in (math.nan, math.inf):
+        xb = x.clone()
+        xb[4, 2, 1] = bad
+        with pytest.raises(ValueError, match="x contains"):
+            ak.hsic_matrix(xb.to(dev), y.to(dev), kernel, backend=backend)
+        yb = y.clone()
+        yb[3, 1] = bad
+        with pytest.raises(ValueError, match="y contains"):
+            ak.hsic_matrix(x.to(dev), yb.to(dev), kernel, backend=backend)
+
+
 def test_non_contiguous_inputs(backend):
     dev = backend_device(backend)
     base = torch.randn(5, 13, 4, 7, dtype=torch.float64)
@@ -188,16 +207,25 @@ BAD_CALLS = [
     (lambda: ak.hsic_matrix(torch.tensor([[1.0, math.nan]] * 3), torch.randn(3)), ValueError, "x contains"),
     (lambda: ak.hsic_matrix(torch.tensor([[1.0, math.inf]] * 3), torch.randn(3)), ValueError, "x contains"),
     (lambda: ak.hsic_matrix(torch.randn(3, 2), torch.tensor([1.0, math.nan, 0.0])), ValueError, "y contains"),
-    (lambda: ak.hsic_matrix(torch.randn(3, 2), torch.tensor([[1.0], [-math.inf], [0.0]])), ValueError, "y contains"),
+    (
+        lambda: ak.hsic_matrix(torch.randn(3, 2), torch.tensor([[1.0], [-math.inf], [0.0]])),
+        ValueError,
+        "y contains",
+    ),
+    (
+        lambda: ak.hsic_matrix(torch.randn(3, 2), torch.tensor([1.0, math.nan, 0.0]), y_kernel="delta"),
+        ValueError,
+        "y contains",
+    ),  # a NaN class label would only empty its row of L̄: labels are always scanned
     (
         lambda: ak.hsic_matrix(torch.randn(3, 2), torch.tensor([1e300, 0.0, 1.0], dtype=torch.float64)),
         ValueError,
-        "overflowed",
+        "overflowed in torch.float32: y has",
     ),  # finite float64 y that overflows x's float32
     (
         lambda: ak.hsic_matrix(torch.tensor([[1e30, 0.0], [-1e30, 1], [0, 2]]), torch.randn(3), "linear"),
         ValueError,
-        "overflowed",
+        "overflowed in torch.float32: x has",
     ),  # finite x whose squares overflow float32
     (lambda: ak.centered_gram(torch.randn(4, 2, dtype=torch.complex64)), TypeError, "complex"),
     (lambda: ak.centered_gram(torch.ones(4, 2, dtype=torch.int64)), TypeError, "floating-point"),
