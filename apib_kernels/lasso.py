@@ -14,8 +14,8 @@ Two solvers (`backend`):
   Grams: a move to the exact minimiser on the current sign pattern (stopped where a coefficient would
   change sign), preceded, while Q restricted to the support is singular (duplicated channels, more
   non-zeros than the design's rank), by moves along its null directions that drop coefficients. No move
-  increases the objective, nor grows ‖β‖₁ past the point where g's float64 rounding error would near
-  the stopping threshold (flat moves on singular faces could otherwise run away, as on unpenalised
+  increases the objective, and no null-direction move grows ‖β‖₁ past the point where g's float64
+  rounding error could reach 1e-9·max|b| (such flat moves could otherwise run away, as on unpenalised
   signed fits of dependent columns). The compiled op `apib::lasso_cd` (csrc/cpu/lasso_cpu.cpp, problems in
   parallel) runs it when the extension is built; otherwise a numpy implementation of the same steps does.
 - "torch": `apib_kernels.lasso_batched.solve_batched`, the GPU solver and the default for CUDA inputs: a
@@ -50,10 +50,10 @@ from apib_kernels.ops import _check_finite, _check_tensor
 
 logger = logging.getLogger("apib_kernels")
 
-# keep equal to kPivotRel, kObjectiveSlack and kNoiseFraction in csrc/cpu/lasso_cpu.cpp
+# keep equal to kPivotRel, kObjectiveSlack and kGrowthNoise in csrc/cpu/lasso_cpu.cpp
 _PIVOT_REL = 1e-10
 _OBJECTIVE_SLACK = 1e-13
-_NOISE_FRACTION = 1e-2
+_GROWTH_NOISE = 1e-9
 
 __all__ = [
     "GramProblem",
@@ -216,6 +216,11 @@ def _cholesky(M):
     return L, -1
 
 
+def _l1(v) -> float:
+    """‖v‖₁ summed in index order, as the C++ solver sums it."""
+    return float(np.cumsum(np.abs(v))[-1])
+
+
 def _step_length(bs, direction, t_max):
     """Largest step <= t_max along direction before a coefficient reaches zero, and which (-1: none)."""
     t, block = t_max, -1
@@ -242,7 +247,8 @@ def _newton(Q, b, beta, lam, idx, l1_limit):
 
 def _face_step(Q, b, beta, lam, idx, l1_limit):
     """One move of _newton -> (-1: none, 0: made, 1: made and a coordinate dropped; null-direction
-    move?; new g or None). A move that grows ‖β‖₁ past l1_limit is refused (see the C++ move)."""
+    move?; new g or None). A null-direction move that grows ‖β‖₁ past l1_limit is refused (see the C++
+    move)."""
     S = np.array([j for j in idx if beta[j] != 0], dtype=np.int64)
     if len(S) == 0:
         return -1, False, None
@@ -271,12 +277,13 @@ def _face_step(Q, b, beta, lam, idx, l1_limit):
     ts[((bs > 0) & (ts < 0)) | ((bs < 0) & (ts > 0))] = 0.0
     trial = beta.copy()
     trial[S] = ts
+    if fail >= 0:
+        l1_new = _l1(trial)
+        if l1_new > _l1(beta) and l1_new > l1_limit:
+            return -1, True, None
     g_new = _gradient(Q, b, trial)
     f_old = _objective_g(b, beta, g_old, lam)
     if not _objective_g(b, trial, g_new, lam) <= f_old + _OBJECTIVE_SLACK * abs(f_old):
-        return -1, fail >= 0, None
-    l1_new = float(np.abs(trial).sum())
-    if l1_new > float(np.abs(beta).sum()) and l1_new > l1_limit:
         return -1, fail >= 0, None
     dropped = bool(np.any((trial == 0) != (beta == 0)))
     beta[:] = trial
@@ -290,7 +297,7 @@ def _solve_one_numpy(Q, b, beta, lam, positive, tol, max_iter, newton):
     scale = float(np.abs(b).max()) or 1.0
     thr = tol * scale
     noise = C * float(np.finfo(np.float64).eps) * max(float(d.max()), 0.0)  # per unit of ‖β‖₁, as in C++
-    l1_limit = _NOISE_FRACTION * thr / noise if noise > 0 else math.inf
+    l1_limit = _GROWTH_NOISE * scale / noise if noise > 0 else math.inf
     g = _gradient(Q, b, beta)
     every = np.arange(C)
     it, pattern_new = 0, True

@@ -22,8 +22,8 @@
 //     a null direction of Q_SS instead, until a coordinate reaches zero (see newton_step).
 //     The objective cannot increase along either move; a move is kept only if the objective,
 //     recomputed from scratch, did not increase beyond rounding (a guard for ill-conditioned Q_SS),
-//     and only if it does not grow ||beta||_1 so far that g's rounding error nears the stopping
-//     threshold (on singular faces of unpenalised signed fits, flat moves otherwise ran away).
+//     and a null-direction move only if it does not grow ||beta||_1 so far that g's rounding error
+//     nears the stopping threshold (flat moves on singular faces of unpenalised signed fits ran away).
 //     The Cholesky factor is kept from one Newton step to the next and updated in O(k^2) per support
 //     change (columns removed by a rank-one update, new ones appended): the support changes by a few
 //     coordinates between steps, and refactorising in O(k^3) each time cost 80% of the solve at
@@ -52,9 +52,11 @@ namespace {
 constexpr double kPivotRel = 1e-10;
 // A move along a flat direction leaves the objective unchanged up to rounding: accept that much.
 constexpr double kObjectiveSlack = 1e-13;
-// A move that grows ||beta||_1 is refused once the gradient's rounding error could reach this fraction
-// of the stopping threshold (see move): past it the sweeps could no longer certify convergence.
-constexpr double kNoiseFraction = 1e-2;
+// A null-direction move that grows ||beta||_1 is refused once g's rounding error could exceed this
+// fraction of max|b| (1% of the default tolerance; see move): past it no sweep can certify convergence.
+constexpr double kGrowthNoise = 1e-9;
+// move's answer for a move refused that way (no retry with a fresh factor: it would be refused again).
+constexpr int kRefused = -2;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 // factor_support's answer for an empty support.
 constexpr int64_t kEmpty = -2;
@@ -83,18 +85,18 @@ class Solver {
   // Returns {sweeps done, final KKT violation / max|b|}.
   std::pair<int64_t, double> run(double tol, int64_t max_iter, bool newton) {
     const int64_t C = p_.C;
-    double scale = 0;
+    double scale = 0, dmax = 0;
     for (int64_t j = 0; j < C; ++j) {
       d_[j] = p_.Q[j * C + j];
       if (d_[j] <= 0 || (p_.positive && p_.beta[j] < 0)) p_.beta[j] = 0;
       scale = std::max(scale, std::fabs(p_.b[j]));
+      dmax = std::max(dmax, d_[j]);
     }
     if (scale == 0) scale = 1;
     const double thr = tol * scale;
-    // Rounding error of g = b - Q beta, per unit of ||beta||_1: C roundings of terms up to max Q_jj.
-    const double noise = static_cast<double>(C) * std::numeric_limits<double>::epsilon() *
-                         std::max(*std::max_element(d_.begin(), d_.end()), 0.0);
-    l1_limit_ = noise > 0 ? kNoiseFraction * thr / noise : kInf;
+    // Rounding error of g = b - Q beta per unit of ||beta||_1: C roundings of terms up to max Q_jj.
+    const double noise = static_cast<double>(C) * std::numeric_limits<double>::epsilon() * dmax;
+    l1_limit_ = noise > 0 ? kGrowthNoise * scale / noise : kInf;
     recompute_gradient(p_.beta, g_.data());
 
     std::vector<int64_t> all(C), active;
@@ -182,6 +184,7 @@ class Solver {
     return v;
   }
 
+  // Summed in index order, as the numpy fallback's cumulative sum does.
   double l1_norm(const double* beta) const {
     double s = 0;
     for (int64_t j = 0; j < p_.C; ++j) s += std::fabs(beta[j]);
@@ -225,7 +228,7 @@ class Solver {
   // One move of newton_step: -1 if none was made, 0 if made without changing the sign pattern, 1 if
   // a coordinate was dropped. *singular tells whether it was a null-direction move. A move computed
   // from an updated (not freshly computed) factor that fails the objective check is retried once
-  // with a fresh factorisation, in case rounding in the updates misled it.
+  // with a fresh factorisation, in case rounding in the updates misled it; a refused one is not.
   int face_step(const std::vector<int64_t>& idx, bool* singular) {
     for (int attempt = 0; attempt < 2; ++attempt) {
       bool fresh = false;
@@ -233,6 +236,7 @@ class Solver {
       if (fail == kEmpty) return -1;
       *singular = fail >= 0;
       const int moved = move(fail);
+      if (moved == kRefused) return -1;
       if (moved >= 0 || fresh) return moved;
     }
     return -1;
@@ -319,15 +323,17 @@ class Solver {
       // Rounding in beta + t dir must not let a coefficient cross zero.
       if ((p_.beta[j] > 0 && trial_[j] < 0) || (p_.beta[j] < 0 && trial_[j] > 0)) trial_[j] = 0;
     }
+    // Along a null direction of a (numerically) singular face the objective is flat, so the move can
+    // be huge and still pass the check below: with alpha = 0, positive = false and dependent columns,
+    // repeated moves grew beta past 1e100 and the solve never converged. No sweep needs such a beta.
+    if (fail >= 0) {
+      const double l1_new = l1_norm(trial_.data());
+      if (l1_new > l1_norm(p_.beta) && l1_new > l1_limit_) return kRefused;
+    }
     gtrial_.resize(C);
     recompute_gradient(trial_.data(), gtrial_.data());
     const double f_old = objective(p_.beta, gold_.data());
     if (!(objective(trial_.data(), gtrial_.data()) <= f_old + kObjectiveSlack * std::fabs(f_old))) return -1;
-    // On a (numerically) singular face the move can be huge and still pass that check: the objective
-    // is flat there. With alpha = 0, positive = false and dependent columns, repeated moves grew beta
-    // past 1e100 and the solve never converged. The sweeps never need such a beta, so refuse it.
-    const double l1_old = l1_norm(p_.beta), l1_new = l1_norm(trial_.data());
-    if (l1_new > l1_old && l1_new > l1_limit_) return -1;
     bool dropped = false;
     for (int64_t j = 0; j < C; ++j) {
       dropped = dropped || ((trial_[j] == 0) != (p_.beta[j] == 0));
