@@ -15,11 +15,11 @@
 // So kernel_row_means + row-block centered_gram reproduce the full-range centered_gram exactly,
 // and S_ii is exactly 0 because ||x_i||^2 is taken from the Gram diagonal itself.
 //
-// Parallelism: over channels when there are enough of them, otherwise within each channel so that a
-// few large channels still use every thread: the threads split the panels into contiguous segments,
-// each thread sums its segment's Gram contribution into its own buffer, and the buffers are then
-// added in segment order, so that every entry is still summed the same way on every path (one
-// barrier per pass instead of two per panel). Only when n x n buffers would not fit kPartialBytes
+// Parallelism: over channels (each thread claims the next one when done) when there are enough of
+// them, otherwise within each channel so that a few large channels still use every thread: the
+// threads split the panels into contiguous segments, each thread sums its segment's Gram contribution
+// into its own buffer, and the buffers are then added in segment order, so that every entry is still
+// summed the same way on every path (one barrier per pass instead of two per panel). Only when n x n buffers would not fit kPartialBytes
 // do the threads share each panel's pass instead (over features, row tiles and rows).
 
 #include <ATen/Parallel.h>
