@@ -8,10 +8,12 @@ Public ops (see each docstring for shapes):
   hsic_lasso(x, y)      -> HSICLassoResult: the channels (features) kept by the HSIC Lasso
   HSICLassoProblem      one layer's statistics, solved at any penalty (the pruning search's unit)
   lasso_gram(Q, b, alpha, n_rows), lasso_path(Q, b, n_rows), alpha_max(b, n_rows): the Gram-form Lasso
+  lasso_knots(Q, b, n_rows)  its exact regularization path (every knot, by homotopy)
 """
 
 from apib_kernels import reference
 from apib_kernels.backends import BACKENDS, BackendUnavailableError, available_backends
+from apib_kernels.homotopy import lasso_knots
 from apib_kernels.lasso import alpha_max, lasso_gram, lasso_path
 from apib_kernels.ops import KERNELS, centered_gram, hsic, hsic_matrix, output_gram
 from apib_kernels.selection import HSICLassoProblem, HSICLassoResult, hsic_lasso
@@ -31,6 +33,7 @@ __all__ = [
     "hsic_lasso",
     "hsic_matrix",
     "lasso_gram",
+    "lasso_knots",
     "lasso_path",
     "output_gram",
     "reference",

@@ -1,5 +1,7 @@
+import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,6 +31,20 @@ def backend(request):
     if reason:
         pytest.skip(f"backend {name}: {reason}")
     return name
+
+
+def assert_kkt(Q, b, coef, alpha, n_rows, positive, tol=1e-7):
+    """Optimality conditions of the Gram-form problem: g = b - Qβ equals λ·sign(β) on the support and
+    |g| ≤ λ (positive: g ≤ λ) off it, to within tol·max|b|."""
+    Q, b, w = Q.double(), b.double(), coef.double()
+    lam = alpha * n_rows
+    g = b - Q @ w
+    slack = 2 * tol * float(b.abs().max())
+    on = w != 0
+    assert not positive or bool((w >= 0).all())
+    assert np.max((g[on] - lam * w[on].sign()).abs().numpy(), initial=0.0) <= slack
+    off = g[~on] if positive else g[~on].abs()
+    assert np.max(off.numpy(), initial=-math.inf) <= lam + slack
 
 
 @pytest.fixture(autouse=True)

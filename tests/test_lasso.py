@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import assert_kkt
 
 from apib_kernels import _ext
 from apib_kernels import reference as ref
@@ -97,20 +98,6 @@ def assert_matches_sklearn(A, y, alpha, positive, coef):
     assert o <= o_sk + 1e-6 * abs(o_sk), f"objective {o!r} vs scikit-learn {o_sk!r}"
     assert abs(o - o_sk) <= 1e-6 * abs(o_sk)
     np.testing.assert_array_equal(w != 0, w_sk != 0, err_msg="support differs from scikit-learn's")
-
-
-def assert_kkt(Q, b, coef, alpha, n_rows, positive, tol=1e-7):
-    """Optimality conditions of the Gram-form problem: g = b - Qβ equals λ·sign(β) on the support and
-    |g| ≤ λ (positive: g ≤ λ) off it, to within tol·max|b|."""
-    Q, b, w = Q.double(), b.double(), coef.double()
-    lam = alpha * n_rows
-    g = b - Q @ w
-    slack = 2 * tol * float(b.abs().max())
-    on = w != 0
-    assert not positive or bool((w >= 0).all())
-    assert np.max((g[on] - lam * w[on].sign()).abs().numpy(), initial=0.0) <= slack
-    off = g[~on] if positive else g[~on].abs()
-    assert np.max(off.numpy(), initial=-math.inf) <= lam + slack
 
 
 # ---------------------------------------------------------------------------------------------------
