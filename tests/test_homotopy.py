@@ -8,6 +8,7 @@ import torch
 from conftest import assert_kkt
 
 import apib_kernels as ak
+from apib_kernels import homotopy
 from apib_kernels.lasso import lasso_gram, lasso_objective
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
@@ -69,6 +70,47 @@ def test_duplicated_and_constant_channels(positive):
     # the copies of a channel never share the active set: their Q_AA would be singular
     assert not bool(((coefs[:, [2, 12, 13]] != 0).sum(1) > 1).any())
     assert_optimal_along(Q, b, cc, 60, positive, alphas, coefs)
+    # exact copies change nothing: the same knots as without them (a refused join adds none)
+    alone, _, _ = ak.lasso_knots(Q[:12, :12], b[:12], 60, positive=positive)
+    dup = torch.cat([torch.arange(12), torch.tensor([2, 2])])
+    with_copies, _, _ = ak.lasso_knots(Q[dup][:, dup], b[dup], 60, positive=positive)
+    torch.testing.assert_close(with_copies, alone, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("positive", [True, False], ids=["positive", "signed"])
+def test_ties(positive):
+    # Several coordinates reach the boundary at one penalty: they join one at a time, and a joiner
+    # whose direction a later one reverses must leave again (else it stays active at zero and skews
+    # the rest: 23% KKT violation on this 3x3 problem, where b ties all three at alpha_max).
+    Q = torch.tensor([[1, 0.3525, -0.2083], [0.3525, 1, 0.5776], [-0.2083, 0.5776, 1]], dtype=torch.float64)
+    b = torch.ones(3, dtype=torch.float64)
+    alphas, coefs, _ = ak.lasso_knots(Q, b, 1, positive=positive)
+    assert_optimal_along(Q, b, 3.0, 1, positive, alphas, coefs)
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        c = int(rng.integers(2, 7))
+        A = rng.standard_normal((3 * c, c))
+        d = np.sqrt(np.einsum("ij,ij->j", A, A))
+        Q = torch.from_numpy((A.T @ A) / np.outer(d, d))  # unit diagonal
+        b = torch.from_numpy(np.round(rng.standard_normal(c)) + 2.0)  # ties among integer values
+        alphas, coefs, _ = ak.lasso_knots(Q, b, 1, positive=positive)
+        assert_optimal_along(Q, b, float(b @ b), 1, positive, alphas, coefs)
+
+
+def test_a_path_that_misses_a_tie_is_reported(monkeypatch, caplog):
+    # The leave rule without signs (the earlier, wrong one) misses the tie above: the knots' KKT check
+    # must say so rather than return the wrong path silently.
+    def unsigned_leave(beta_a, signs, u):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(beta_a * u < 0, -beta_a / u, np.inf)
+        r = int(np.argmin(t))
+        return float(t[r]), r
+
+    monkeypatch.setattr(homotopy, "_first_leave", unsigned_leave)
+    Q = torch.tensor([[1, 0.3525, -0.2083], [0.3525, 1, 0.5776], [-0.2083, 0.5776, 1]], dtype=torch.float64)
+    with caplog.at_level(logging.WARNING, logger="apib_kernels"):
+        ak.lasso_knots(Q, torch.ones(3, dtype=torch.float64), 1)
+    assert "violates the optimality conditions" in caplog.text
 
 
 @pytest.mark.parametrize("positive", [True, False], ids=["positive", "signed"])
@@ -96,32 +138,37 @@ def test_hsic_statistics_of_a_layer(positive):
         assert_kkt(q, b, coefs[k], float(alphas[k]), 24**2, positive, tol=1e-12)
 
 
-def test_alpha_min_ends_the_path_there():
+@pytest.mark.parametrize("positive", [True, False], ids=["positive", "signed"])
+def test_alpha_min_ends_the_path_there(positive):
     A, y = design(3, 80, 20)
     Q, b, cc = gram(A, y)
-    full, full_coefs, _ = ak.lasso_knots(Q, b, 80)
+    full, full_coefs, _ = ak.lasso_knots(Q, b, 80, positive=positive)
     stop = 0.5 * float(full[1] + full[2])
-    alphas, coefs, _ = ak.lasso_knots(Q, b, 80, alpha_min=stop)
+    alphas, coefs, _ = ak.lasso_knots(Q, b, 80, positive=positive, alpha_min=stop)
     assert float(alphas[-1]) == stop and torch.equal(alphas[:-1], full[:2])
     torch.testing.assert_close(coefs[-1], 0.5 * (full_coefs[1] + full_coefs[2]), rtol=0, atol=1e-12)
-    above, above_coefs, _ = ak.lasso_knots(Q, b, 80, alpha_min=2 * float(full[0]))
+    above, above_coefs, _ = ak.lasso_knots(Q, b, 80, positive=positive, alpha_min=2 * float(full[0]))
     assert above.tolist() == [2 * float(full[0])] and bool((above_coefs == 0).all())
 
 
-def test_zero_or_negative_b_gives_the_zero_path():
+def test_zero_paths():
     Q = torch.eye(3, dtype=torch.float64)
     alphas, coefs, _ = ak.lasso_knots(Q, torch.tensor([-1.0, 0.0, -2.0], dtype=torch.float64), 5)
+    assert alphas.tolist() == [0.0] and bool((coefs == 0).all())  # positive: no b_j > 0
+    alphas, coefs, _ = ak.lasso_knots(Q, torch.zeros(3, dtype=torch.float64), 5, positive=False)
+    assert alphas.tolist() == [0.0] and bool((coefs == 0).all())
+    alphas, coefs, _ = ak.lasso_knots(torch.zeros(3, 3), torch.zeros(3), 5, positive=False)  # all constant
     assert alphas.tolist() == [0.0] and bool((coefs == 0).all())
 
 
-def test_float32_inputs_and_max_knots(caplog):
+def test_float32_inputs_and_max_steps(caplog):
     A, y = design(4, 100, 30)
     Q, b, _ = gram(A, y)
     alphas, coefs, _ = ak.lasso_knots(Q.float(), b.float(), 100, positive=False)
     assert coefs.dtype == torch.float32 and alphas.dtype == torch.float64
     with caplog.at_level(logging.WARNING, logger="apib_kernels"):
-        short, _, _ = ak.lasso_knots(Q, b, 100, positive=False, max_knots=3)
-    assert "stopped" in caplog.text and float(short[-1]) > 0
+        short, _, _ = ak.lasso_knots(Q, b, 100, positive=False, max_steps=3)
+    assert "stopped" in caplog.text and float(short[-1]) > 0 and len(short) <= 4
     torch.testing.assert_close(short, alphas[: len(short)].double(), rtol=1e-6, atol=0)
 
 
@@ -130,7 +177,7 @@ def test_float32_inputs_and_max_knots(caplog):
     [
         ({"Q": torch.eye(2).expand(3, 2, 2), "b": torch.ones(3, 2)}, "one problem"),
         ({"alpha_min": -1.0}, "alpha_min"),
-        ({"max_knots": 0}, "max_knots"),
+        ({"max_steps": 0}, "max_steps"),
         ({"n_rows": 0}, "n_rows"),
         ({"b": torch.tensor([1.0, float("nan")])}, "b contains"),
     ],
