@@ -19,8 +19,11 @@ the optimality conditions still hold. Constant channels (Q_jj = 0) never join. T
 conditions are checked at every knot; a path that violates them (which would take a degenerate tie
 this handling misses) is reported as a warning.
 
-Cost per step: a C×k product and a k×k factorisation (k the active size), O(C·k + k³); a path has at
-least one step per channel it activates. Meant for C up to a few thousand.
+Cost per step: two C×C matrix-vector products (in BLAS they beat gathering Q's k active columns) and
+triangular solves, O(C² + k²) (k the active size): a join extends the Cholesky factor of Q_AA by a
+row, a leave refactorises it, O(k³). A path has at least one step per channel it activates; on
+ResNet-50-shaped HSIC statistics it takes 1.5–1.6× (C = 256) to 0.68–0.75× (C = 512) the time of
+scikit-learn's lars_path_gram.
 """
 
 import logging
@@ -51,8 +54,30 @@ def _factor(M: np.ndarray) -> np.ndarray | None:
     return L
 
 
+def _triangular(L: np.ndarray, r: np.ndarray, transposed: bool = False) -> np.ndarray:
+    """L⁻¹ r, or L⁻ᵀ r, in O(k²)."""
+    lt, rt = torch.from_numpy(L), torch.from_numpy(np.ascontiguousarray(r)).reshape(-1, 1)
+    x = torch.linalg.solve_triangular(lt.T if transposed else lt, rt, upper=transposed)
+    return x.reshape(-1).numpy()
+
+
 def _solve(L: np.ndarray, r: np.ndarray) -> np.ndarray:
-    return np.linalg.solve(L.T, np.linalg.solve(L, r))
+    return _triangular(L, _triangular(L, r), transposed=True)
+
+
+def _grow(L: np.ndarray, col: np.ndarray, diag: float) -> np.ndarray | None:
+    """The factor of [[M, col], [colᵀ, diag]] from M's factor L in O(k²), or None if its new pivot is
+    numerically zero (by `_factor`'s rule)."""
+    v = _triangular(L, col)
+    pivot = diag - float(v @ v)
+    if not pivot > _PIVOT_REL * diag:
+        return None
+    k = len(v)
+    out = np.zeros((k + 1, k + 1))
+    out[:k, :k] = L
+    out[k, :k] = v
+    out[k, k] = math.sqrt(pivot)
+    return out
 
 
 def _first_join(g, a, lam, candidates, positive):
@@ -120,6 +145,7 @@ def lasso_knots(Q, b, n_rows, *, positive=True, alpha_min=0.0, max_steps=None):
     blocked: set[int] = set()  # would make Q_AA singular: out until a coordinate leaves
     joined: set[int] = set()  # joined at the current knot, where their coefficient is exactly 0
     g = bb.copy()
+    w_full = np.zeros(c)
     worst = 0.0  # largest KKT violation at a knot
 
     def line(L):  # β_A(λ) = p − λ·w on the active set A, whose Q_AA = L Lᵀ
@@ -130,7 +156,11 @@ def lasso_knots(Q, b, n_rows, *, positive=True, alpha_min=0.0, max_steps=None):
     for _ in range(limit):
         if not active or lam <= lam_min:
             break
-        a = q[:, active] @ w  # dg / d(−λ); w = dβ_A / d(−λ)
+        w_full[:] = 0.0
+        w_full[active] = w
+        a = (
+            q @ w_full
+        )  # dg / d(−λ), w = dβ_A / d(−λ) (a full matrix-vector product beats gathering Q's columns)
         out = ~usable
         out[active] = True
         out[list(blocked)] = True
@@ -148,7 +178,7 @@ def lasso_knots(Q, b, n_rows, *, positive=True, alpha_min=0.0, max_steps=None):
             L = _factor(q[np.ix_(active, active)]) if active else None  # a principal block of a PD one
             p, w = line(L) if active else (None, None)
         elif not at_end:
-            grown = _factor(q[np.ix_([*active, j_join], [*active, j_join])])
+            grown = _grow(L, q[active, j_join], float(q[j_join, j_join]))
             if grown is None:  # no event after all: back to this segment's start, without j (which
                 blocked.add(j_join)  # stays out while columns are only added: they keep it dependent)
                 lam = top
@@ -174,7 +204,7 @@ def lasso_knots(Q, b, n_rows, *, positive=True, alpha_min=0.0, max_steps=None):
             x = p - lam * w
             beta[active] = np.where(x * np.array(signs) > 0, x, 0.0)
             beta[list(joined)] = 0.0
-        g = bb - q[:, active] @ beta[active] if active else bb.copy()
+        g = bb - q @ beta
         on = np.zeros(c, dtype=bool)
         on[active] = beta[active] != 0
         off = g[~on & usable] if positive else np.abs(g[~on & usable])
