@@ -33,6 +33,11 @@ def backend(request):
     return name
 
 
+def gram(A: np.ndarray, y: np.ndarray):
+    """The Gram form (Q, b, c) = (AᵀA, Aᵀy, yᵀy) of the explicit design A and target y."""
+    return torch.from_numpy(A.T @ A), torch.from_numpy(A.T @ y), float(y @ y)
+
+
 def assert_kkt(Q, b, coef, alpha, n_rows, positive, tol=1e-7):
     """Optimality conditions of the Gram-form problem: g = b - Qβ equals λ·sign(β) on the support and
     |g| ≤ λ (positive: g ≤ λ) off it, to within tol·max|b|."""

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import assert_kkt
+from conftest import assert_kkt, gram
 
 import apib_kernels as ak
 from apib_kernels import homotopy
@@ -19,10 +19,6 @@ def design(seed: int, rows: int, c: int):
     A = rng.standard_normal((rows, c)) + 0.5 * rng.standard_normal((rows, 1))  # correlated columns
     y = A[:, : min(3, c)] @ np.array([1.0, -2.0, 0.5])[: min(3, c)] + rng.standard_normal(rows)
     return A, y
-
-
-def gram(A, y):
-    return torch.from_numpy(A.T @ A), torch.from_numpy(A.T @ y), float(y @ y)
 
 
 def assert_optimal_along(Q, b, cc, rows, positive, alphas, coefs):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_kkt
+from conftest import assert_kkt, gram
 
 from apib_kernels import _ext
 from apib_kernels import reference as ref
@@ -35,10 +35,6 @@ def solver(request, monkeypatch):
     if request.param == "numpy":
         monkeypatch.setattr(_ext, "has_kernel", lambda op, key: False)
     return request.param
-
-
-def gram(A: np.ndarray, y: np.ndarray):
-    return torch.from_numpy(A.T @ A), torch.from_numpy(A.T @ y), float(y @ y)
 
 
 def sk_lasso(A, y, alpha, positive):
