@@ -117,9 +117,9 @@ def lasso_knots(Q, b, n_rows, *, positive=True, alpha_min=0.0, max_steps=None):
     max_j b_j / n_rows (signed: max_j |b_j| / n_rows) over the non-constant channels. alphas[-1] =
     alpha_min unless the path stopped above it after max_steps steps (joins, leaves, ties and refused
     joins each take one; default 10·C + 10), which is logged as a warning. positive as in `lasso_gram`.
-    Runs on the CPU in float64;
-    the results have the promoted input dtype and Q's device. See the module docstring for the method
-    and for singular Grams; `lasso_path` gives solutions on a grid of penalties instead.
+    Runs on the CPU in float64; the results have the promoted input dtype and Q's device. See the module
+    docstring for the method and for singular Grams; `lasso_path` gives solutions on a grid of penalties
+    instead.
     """
     q_t, b_t, batched, dtype, device = _problems(Q, b)
     if batched:

@@ -19,8 +19,9 @@
 // them, otherwise within each channel so that a few large channels still use every thread: the
 // threads split the panels into contiguous segments, each thread sums its segment's Gram contribution
 // into its own buffer, and the buffers are then added in segment order, so that every entry is still
-// summed the same way on every path (one barrier per pass instead of two per panel). Only when n x n buffers would not fit kPartialBytes
-// do the threads share each panel's pass instead (over features, row tiles and rows).
+// summed the same way on every path (one barrier per pass instead of two per panel). Only when n x n
+// buffers would not fit kPartialBytes do the threads share each panel's pass instead (over features,
+// row tiles and rows).
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
