@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export CUDA_HOME ?= $(shell [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda)
 export MAX_JOBS ?= 2
 
-.PHONY: install build test demo bench lint gpu-check clean
+.PHONY: install build test demo bench lint gpu-check triton-compat clean
 
 $(VENV)/.installed: requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -45,6 +45,15 @@ lint: install
 
 gpu-check:
 	bash scripts/gpu_check.sh
+
+# Every Triton kernel variant compiled offline for sm_90 and sm_80 with the GPU machine's triton (3.6), in
+# a throwaway folder put before the venv's own triton: a kernel that only the newer Triton compiles fails.
+TRITON_GPU ?= 3.6.0
+triton-compat: install
+	rm -rf $(VENV)/triton-$(TRITON_GPU)
+	$(PY) -m pip install -q --no-deps --target $(VENV)/triton-$(TRITON_GPU) triton==$(TRITON_GPU)
+	PYTHONPATH=$(VENV)/triton-$(TRITON_GPU) $(PY) scripts/compile_triton.py --arch 90 80
+	rm -rf $(VENV)/triton-$(TRITON_GPU)
 
 clean:
 	rm -rf build *.egg-info apib_kernels/_C*.so $(VENV)/.built

@@ -1,9 +1,11 @@
 """Backend registry: which implementations of the kernel ops exist here, and which one a call uses.
 
 Choice order: the explicit `backend=` argument, else the APIB_BACKEND environment variable, else
-automatic by device (CUDA tensors: cuda → triton → torch; CPU tensors: cpu → torch). An explicit
-choice that cannot run raises BackendUnavailableError with the reason; the automatic choice falls
-back to the next one quietly (see `python -m apib_kernels.info` for what is available and why).
+automatic by device (CUDA tensors: cuda → triton → torch; CPU tensors: cpu → torch). Under
+torch.use_deterministic_algorithms(True) the automatic choice for CUDA tensors is torch: the cuda and
+triton kernels add row sums with float atomics, and raise (or warn, if warn_only) when asked for.
+An explicit choice that cannot run raises BackendUnavailableError with the reason; the automatic
+choice falls back to the next one quietly (see `python -m apib_kernels.info` for what is available and why).
 """
 
 import importlib
@@ -17,6 +19,7 @@ from apib_kernels import _ext, torch_backend
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+_ATOMIC_BACKENDS = ("cuda", "triton")  # not deterministic: row sums by float atomics
 
 
 class BackendUnavailableError(RuntimeError):
@@ -116,6 +119,8 @@ def resolve_backend(backend: str | None, device: torch.device) -> Backend:
             raise BackendUnavailableError(f"backend {backend!r} is unavailable: {reason}")
         return _load(backend)
     for name in _AUTO_ORDER.get(device.type, ("torch",)):
+        if name in _ATOMIC_BACKENDS and torch.are_deterministic_algorithms_enabled():
+            continue
         if unavailable_reason(name, device.type) is None:
             return _load(name)
     return _load("torch")

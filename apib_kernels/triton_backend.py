@@ -15,9 +15,19 @@ so torch.compile traces through them) -> the public `kernel_row_means` / `center
 - Row block with row_means: rectangular tiles over [row_start, row_stop) x [0, n), centered in the
   epilogue, so callers can stream row blocks with O(C * rows * n) memory.
 
+Accuracy and determinism as csrc/common.h states them: fp32 `tl.exp` is the fast ex2.approx (about
+2 ulp, within the contract's 5e-5 tolerance); the full-range passes' float atomics make the last bits
+vary between runs, so they raise under torch.use_deterministic_algorithms(True). Launches happen under
+the tensors' CUDA device. `launch_variants()` lists every compiled variant (scripts/compile_triton.py
+compiles them all for sm_90 and sm_80 without a GPU).
+
 On the CPU this runs under TRITON_INTERPRET=1 (how CI tests it); interpreted kernels cannot be
 traced, so there the ops are registered as opaque custom ops with shape-only fake impls instead.
 """
+
+import contextlib
+import itertools
+import warnings
 
 import torch
 import triton
@@ -118,7 +128,8 @@ def _centered_gram_kernel(
             b = tl.load(b_rows[None, :] + offs_d[:, None] * stride_xd, mask=mask_b, other=0.0)
             b = tl.where(mask_b, b - mu[:, None], 0.0)
             # Not tf32: ||a||^2 + ||b||^2 - 2<a, b> cancels, so <a, b> needs full fp32 precision.
-            g = tl.dot(a, b, g, input_precision="ieee")
+            # out_dtype explicit: triton 3.6 defaults it to float32 and rejects a float64 accumulator.
+            g = tl.dot(a, b, g, input_precision="ieee", out_dtype=dtype)
             if KERNEL != _LINEAR:
                 sq_a += tl.sum(a * a, 1)
                 sq_b += tl.sum(b * b, 0)
@@ -257,6 +268,59 @@ def _blocks(n: int, D: int, dtype: torch.dtype) -> tuple[int, int]:
     return block, block_d
 
 
+def _gram_constexprs(kernel: int, n: int, D: int, dtype: torch.dtype, row_block: bool, store_k: bool) -> dict:
+    """The compile-time arguments of `_centered_gram_kernel` for one launch (one compiled variant each)."""
+    block, block_d = _blocks(n, D, dtype)
+    return dict(
+        KERNEL=kernel,
+        ROW_BLOCK=row_block,
+        STORE_K=store_k,
+        DIRECT=kernel != LINEAR and D <= DIRECT_MAX_D,
+        IS_FP64=dtype == torch.float64,
+        BLOCK=block,
+        BLOCK_D=block_d,
+    )
+
+
+# (ROW_BLOCK, STORE_K) of kernel_row_means, full-range centered_gram, row-block centered_gram
+_MODES = ((False, False), (False, True), (True, True))
+
+
+def launch_variants():
+    """Every (kernel function, dtype, constexprs) the launchers below can compile, for offline compiles
+    (scripts/compile_triton.py): each kernel kind, dtype, mode, direct/product path and block size."""
+    seen = []
+    for dtype, kernel, (row_block, store_k) in itertools.product(
+        (torch.float32, torch.float64), (LINEAR, GAUSSIAN, LAPLACE), _MODES
+    ):
+        # n picks BLOCK, D the direct/product path and BLOCK_D: one representative of each choice
+        for n, D in itertools.product((16, 32, 64), (DIRECT_MAX_D, 16, 17)):
+            variant = _gram_constexprs(kernel, n, D, dtype, row_block, store_k)
+            if variant not in seen:
+                seen.append(variant)
+                yield _centered_gram_kernel, dtype, variant
+    for dtype, n in itertools.product((torch.float32, torch.float64), (16, 32, 64)):
+        yield _center_kernel, dtype, {"BLOCK": _blocks(n, 1, dtype)[0]}
+
+
+def _device_guard(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' own for the launch."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _alert_atomics(op: str) -> None:
+    """Honours torch.use_deterministic_algorithms: the full-range passes add row sums with float atomics,
+    so their last bits depend on the order the tiles finish in."""
+    if torch.are_deterministic_algorithms_enabled():
+        msg = (
+            f"{op} adds row sums with float atomics and is not deterministic; with "
+            "torch.use_deterministic_algorithms(True), use backend='torch' (the automatic choice does)"
+        )
+        if not torch.is_deterministic_algorithms_warn_only_enabled():
+            raise RuntimeError(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
 def _launch_gram(x, kernel, gamma, *, row_block, store_k, out=None, rowsum=None, r=None, t=None, row_start=0):
     """One launch of `_centered_gram_kernel`; returns (BLOCK, number of column tiles).
 
@@ -267,7 +331,8 @@ def _launch_gram(x, kernel, gamma, *, row_block, store_k, out=None, rowsum=None,
     n, C, D = x.shape
     n_rows = out.shape[1] if row_block else n
     unused = x.new_empty(1)
-    block, block_d = _blocks(n, D, x.dtype)
+    constexprs = _gram_constexprs(kernel, n, D, x.dtype, row_block, store_k)
+    block = constexprs["BLOCK"]
     tiles = triton.cdiv(n, block)
     if row_block:
         grid = (triton.cdiv(n_rows, block) * tiles, C)
@@ -292,13 +357,7 @@ def _launch_gram(x, kernel, gamma, *, row_block, store_k, out=None, rowsum=None,
         x.stride(0),
         x.stride(1),
         x.stride(2),
-        KERNEL=kernel,
-        ROW_BLOCK=row_block,
-        STORE_K=store_k,
-        DIRECT=kernel != LINEAR and D <= DIRECT_MAX_D,
-        IS_FP64=x.dtype == torch.float64,
-        BLOCK=block,
-        BLOCK_D=block_d,
+        **constexprs,
         num_warps=4,
     )
     return block, tiles
@@ -325,9 +384,11 @@ def _centered_gram_fake(
 @_register("apib::triton_kernel_row_means", _kernel_row_means_fake)
 def _kernel_row_means_op(x: torch.Tensor, kernel: int, gamma: float) -> torch.Tensor:
     _check_args(x, kernel, gamma)
+    _alert_atomics("apib::triton_kernel_row_means")
     n, C, _ = x.shape
     rowsum = torch.zeros((C, n), dtype=x.dtype, device=x.device)
-    _launch_gram(x, kernel, gamma, row_block=False, store_k=False, rowsum=rowsum)
+    with _device_guard(x.device):
+        _launch_gram(x, kernel, gamma, row_block=False, store_k=False, rowsum=rowsum)
     return rowsum.div_(n)
 
 
@@ -347,13 +408,18 @@ def _centered_gram_op(
     if row_means is not None:
         r = row_means.contiguous()
         t = r.mean(-1)
-        _launch_gram(x, kernel, gamma, row_block=True, store_k=True, out=out, r=r, t=t, row_start=row_start)
+        with _device_guard(x.device):
+            _launch_gram(
+                x, kernel, gamma, row_block=True, store_k=True, out=out, r=r, t=t, row_start=row_start
+            )
         return out
+    _alert_atomics("apib::triton_centered_gram (full range)")
     rowsum = torch.zeros((C, n), dtype=x.dtype, device=x.device)
-    block, tiles = _launch_gram(x, kernel, gamma, row_block=False, store_k=True, out=out, rowsum=rowsum)
-    r = rowsum.div_(n)
-    t = r.mean(-1)
-    _wrap(_center_kernel)[(tiles * tiles, C)](out, r, t, n, tiles, BLOCK=block, num_warps=4)
+    with _device_guard(x.device):
+        block, tiles = _launch_gram(x, kernel, gamma, row_block=False, store_k=True, out=out, rowsum=rowsum)
+        r = rowsum.div_(n)
+        t = r.mean(-1)
+        _wrap(_center_kernel)[(tiles * tiles, C)](out, r, t, n, tiles, BLOCK=block, num_warps=4)
     return out
 
 

@@ -10,8 +10,9 @@ import torch
 from conftest import backend_device
 
 import apib_kernels as ak
+from apib_kernels import backends
 from apib_kernels import reference as ref
-from apib_kernels.backends import unavailable_reason
+from apib_kernels.backends import resolve_backend, unavailable_reason
 
 KERNEL_NAMES = ("laplace", "gaussian", "linear")
 
@@ -340,3 +341,116 @@ def test_cpu_row_blocks_reproduce_the_full_gram_bit_for_bit(shape, dtype, stride
     # the float64 reference takes seconds at n = 1030: there, the torch backend (tested against it above)
     expected = ref.centered_gram(x, kernel, g) if n < 128 else ak.centered_gram(x, kernel, g, backend="torch")
     _assert_close(full, expected, dtype, f"cpu/{kernel}, {threads} threads")
+
+
+# Shapes that cross tile edges (64-sample CUDA tiles, 16/32/64-sample Triton tiles): the triangle decode,
+# the mirrored stores, the row-sum atomics and the centering over many rows. D around the direct/product
+# switch (DIRECT_MAX_D = 8) and past Triton's 16/32-feature blocks.
+MULTI_TILE = [(65, 3, 3), (130, 2, 9), (257, 2, 17), (1000, 2, 2)]
+_REFERENCE_GRAMS = {}
+
+
+def _reference_gram(x: torch.Tensor, kernel: str) -> torch.Tensor:
+    """The float64 reference for the seeded x, computed once per (shape, kernel) for both dtypes."""
+    key = (tuple(x.shape), kernel)
+    if key not in _REFERENCE_GRAMS:
+        _REFERENCE_GRAMS[key] = ref.centered_gram(x.double(), kernel)
+    return _REFERENCE_GRAMS[key]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+@pytest.mark.parametrize("shape", MULTI_TILE, ids=str)
+def test_multi_tile_grams_match_reference(backend, shape, kernel, dtype):
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64) * 2 + 0.5
+    out = ak.centered_gram(x.to(dtype).to(backend_device(backend)), kernel, backend=backend)
+    assert out.shape == (shape[1], shape[0], shape[0])
+    _assert_close(out, _reference_gram(x.to(dtype), kernel), dtype, f"{backend}/{kernel} n={shape[0]}")
+
+
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+@pytest.mark.parametrize("d", [8, 9, 40], ids=["direct", "product", "product, 2 feature blocks"])
+def test_row_blocks_across_tile_edges_equal_the_full_gram(backend, kernel, d):
+    """Row blocks cut at 3, 64 and 65 (inside, at and past a tile edge) with the op's own row means."""
+    n = 130
+    x = torch.randn(n, 3, d, dtype=torch.float64, device=backend_device(backend))
+    be = resolve_backend(backend, x.device)
+    code, g = ak.ops.KERNELS[kernel], ref.default_gamma(kernel, d)
+    means = be.kernel_row_means(x, code, g)
+    full = be.centered_gram(x, code, g, 0, n, None)
+    cuts = [0, 3, 64, 65, n]
+    blocks = torch.cat([be.centered_gram(x, code, g, s, e, means) for s, e in itertools.pairwise(cuts)], 1)
+    _assert_close(blocks, full.double().cpu(), torch.float64, f"{backend} row blocks")
+    _assert_close(full, ref.centered_gram(x.cpu(), kernel, g), torch.float64, f"{backend} full")
+
+
+@pytest.mark.parametrize("layout", ["channels-last", "strided"])
+def test_multi_tile_unusual_layouts(backend, layout):
+    base = torch.randn(130, 3, 4, 4, dtype=torch.float64)
+    if layout == "channels-last":
+        x = base.to(memory_format=torch.channels_last)  # features stride C, channels stride 1
+    else:
+        x = torch.randn(260, 3, 4, 8, dtype=torch.float64)[::2, :, :, ::2]  # every stride unusual
+    dev = backend_device(backend)
+    _assert_close(ak.centered_gram(x.to(dev), backend=backend), ref.centered_gram(x), torch.float64, layout)
+    y = torch.randint(0, 4, (x.shape[0],))
+    q, b, _ = ak.hsic_matrix(x.to(dev), y.to(dev), backend=backend, memory_limit=3 * 130 * 8 * 70)
+    q_ref, b_ref, _ = ref.hsic_matrix(x, y)
+    _assert_close(q, q_ref, torch.float64, f"{layout} Q (row blocks)")
+    _assert_close(b, b_ref, torch.float64, f"{layout} b (row blocks)")
+
+
+@pytest.fixture
+def deterministic():
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def test_deterministic_algorithms_are_honoured(backend, deterministic):
+    """The cuda and triton full-range passes add row sums with float atomics: under
+    torch.use_deterministic_algorithms(True) they raise, and the automatic choice avoids them."""
+    dev = backend_device(backend)
+    x = torch.randn(70, 3, 12, device=dev)
+    y = torch.randint(0, 3, (70,), device=dev)
+    if backend in ("cuda", "triton"):
+        with pytest.raises(RuntimeError, match="deterministic"):
+            ak.centered_gram(x, backend=backend)
+        with pytest.raises(RuntimeError, match="deterministic"):
+            ak.hsic_matrix(x, y, backend=backend, memory_limit=64)
+    else:
+        first, again = (ak.hsic_matrix(x, y, backend=backend) for _ in range(2))
+        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert resolve_backend(None, x.device).name not in ("cuda", "triton")
+
+
+def test_deterministic_mode_steers_the_automatic_choice_off_atomics(monkeypatch):
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device_type=None: None)
+    monkeypatch.delenv("APIB_BACKEND", raising=False)
+    assert resolve_backend(None, torch.device("cuda")).name == "cuda"
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        assert resolve_backend(None, torch.device("cuda")).name == "torch"
+        assert resolve_backend(None, torch.device("cpu")).name == "cpu"
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.triton
+def test_triton_launches_enter_the_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device: each op must make x's device current first."""
+    if unavailable_reason("triton", backend_device("triton").type):
+        pytest.skip(unavailable_reason("triton", backend_device("triton").type))
+    from apib_kernels import triton_backend as tb
+
+    entered = []
+    guard = tb._device_guard
+    monkeypatch.setattr(tb, "_device_guard", lambda device: entered.append(device) or guard(device))
+    x = torch.randn(20, 2, 3, device=backend_device("triton"))
+    r = torch.ops.apib.triton_kernel_row_means(x, 1, 0.5)
+    torch.ops.apib.triton_centered_gram(x, 1, 0.5, 0, 20, None)
+    torch.ops.apib.triton_centered_gram(x, 1, 0.5, 3, 9, r)
+    assert entered == [x.device] * 3
+    second = tb._device_guard(torch.device("cuda", 1))  # not entered: no GPU needed
+    assert isinstance(second, torch.cuda.device) and second.idx == 1

@@ -19,9 +19,13 @@
 //        centering fused into the epilogue.
 //   3. Full-range centered_gram: r = row sums / n, t = mean(r), then center_kernel applies
 //      out = K - r_i - r_j + t in place, O(n^2) per channel, with no H matrix.
+// Determinism: the atomic row sums make the full-range results vary in their last bits from run to run
+// (the order tiles finish in); both full-range entry points call alertNotDeterministic, so they raise
+// under torch.use_deterministic_algorithms(True). Row blocks with given row means use no atomics.
 // Centering is evaluated as (K_ij - (r_i + r_j)) + t_k everywhere: the sum r_i + r_j rounds the same
 // for (i, j) and (j, i), so the full-range output is exactly symmetric and a row block computed with
 // the same row means equals the corresponding rows of the full-range output bit for bit.
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -430,6 +434,7 @@ void check_cuda(const at::Tensor& x) {
 at::Tensor kernel_row_means_cuda(const at::Tensor& x, int64_t kernel, double gamma) {
   const KernelKind kind = check_args(x, kernel, gamma);
   check_cuda(x);
+  at::globalContext().alertNotDeterministic("apib::kernel_row_means (CUDA; float atomics)");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.size(0), C = x.size(1);
   const int64_t tiles = triangle_tiles(n);
@@ -472,6 +477,7 @@ at::Tensor centered_gram_cuda(const at::Tensor& x, int64_t kernel, double gamma,
     return out;
   }
 
+  at::globalContext().alertNotDeterministic("apib::centered_gram (CUDA, full range; float atomics)");
   const int64_t tiles = triangle_tiles(n);
   const Features f = prepare_features(x, kind);
   at::Tensor r = at::zeros({C, n}, x.options());
