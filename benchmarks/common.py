@@ -31,8 +31,8 @@ def device_name(device: torch.device | str) -> str:
 
 
 def environment(device: torch.device | str) -> dict:
-    """The device the benchmark runs on (see `device_name`), versions and commit, recorded beside
-    every result."""
+    """The device the benchmark runs on (see `device_name`), versions, driver and commit, recorded beside
+    every result. APIB_COMMIT names the commit where the tree is a copy without git (a lent GPU machine)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
@@ -46,6 +46,18 @@ def environment(device: torch.device | str) -> dict:
         commit += "-dirty" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
+    commit = os.environ.get("APIB_COMMIT", commit)
+    driver = None
+    if torch.device(device).type == "cuda":
+        try:
+            driver = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()[0]
+        except (OSError, subprocess.CalledProcessError, IndexError):
+            driver = "unknown"
     try:
         import triton
 
@@ -56,6 +68,7 @@ def environment(device: torch.device | str) -> dict:
         "device": device_name(device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "driver": driver,
         "triton": triton_version,
         "python": platform.python_version(),
         "commit": commit,
