@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole GPU check in one call, sized for a lent GPU machine (10 minutes a command, 8 files back):
 #   preflight (nvidia-smi, nvcc, versions) -> build for sm_90 -> the kernel, build and Lasso tests with
-#   the cuda and triton backends active (multi-tile shapes included) -> compute-sanitizer memcheck and
-#   racecheck on one small multi-tile call, where the runtime supports it -> a short benchmark
-#   (hsic_matrix at n = 64 and 512 against the idiomatic pipeline and plain bmm; APIB's ResNet-50
-#   decision against L1 and FPGM). Each phase is timed, so the next run can be sized from this one.
+#   the cuda and triton backends active (multi-tile shapes included) -> a short benchmark (hsic_matrix at
+#   n = 64 and 512 against the idiomatic pipeline and plain bmm; APIB's ResNet-50 decision against L1
+#   and FPGM) -> compute-sanitizer memcheck and racecheck on one small multi-tile call, where the runtime
+#   supports it (last: the least needed if time runs out). Each phase is timed, so the next run can be
+#   sized from this one.
 # Writes at most 6 files to $OUT (the device tool's folder) or runs/gpu-<date>/: gpu_check.log (every
 # phase's output), hsic_matrix.jsonl and hsic_matrix_<device>.md, time_cost_<device>.json and .md.
 # Only torch-pruning is missing on the GPU image: scripts/fetch_gpu_wheels.sh puts it in .whl/, carry it.
@@ -93,10 +94,10 @@ phase tests 150 "$PY" -m pytest -q -rs -x -p no:cacheprovider -n 8 --deselect \
   tests/test_triton_compile.py::test_every_triton_variant_compiles_for_hopper_and_ampere \
   tests/test_kernels.py tests/test_build.py tests/test_triton_compile.py tests/test_lasso.py \
   tests/test_lasso_batched.py tests/test_hsic_lasso.py
-phase memcheck 45 sanitize memcheck
-phase racecheck 45 sanitize racecheck
 phase bench_hsic_matrix 60 "$PY" benchmarks/bench_hsic_matrix.py --n 64 512 --no-reference --results "$OUT"
 phase time_cost 60 "$PY" benchmarks/time_cost.py --methods L1 FPGM APIB --results "$OUT" --quiet
+phase memcheck 45 sanitize memcheck
+phase racecheck 45 sanitize racecheck
 if [ $DRY = 1 ]; then
   say "dry run: no GPU step ran; the real run writes these files (at most 6, the device returns 8):"
   say "  $LOG, $OUT/hsic_matrix.jsonl, $OUT/hsic_matrix_<device>.md, $OUT/time_cost_<device>.json, .md"
