@@ -4,6 +4,9 @@ Choice order: the explicit `backend=` argument, else the APIB_BACKEND environmen
 automatic by device (CUDA tensors: cuda → triton → torch; CPU tensors: cpu → torch). Under
 torch.use_deterministic_algorithms(True) the automatic choice for CUDA tensors is torch: the cuda and
 triton kernels add row sums with float atomics, and raise (or warn, if warn_only) when asked for.
+Given the work's shape, the automatic choice also takes torch for CUDA tensors when the tile-parallel
+kernels would launch too few programs to fill a GPU (few channels of long feature vectors, such as
+the one-channel output Gram of a layer): cuBLAS's split-K GEMM then spreads the features instead.
 An explicit choice that cannot run raises BackendUnavailableError with the reason; the automatic
 choice falls back to the next one quietly (see `python -m apib_kernels.info` for what is available and why).
 """
@@ -20,6 +23,16 @@ from apib_kernels import _ext, torch_backend
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 _ATOMIC_BACKENDS = ("cuda", "triton")  # not deterministic: row sums by float atomics
+# The cuda and triton kernels run one program per (64-sample tile pair, channel), each walking all D
+# features: below this many programs, with at least _LONG_FEATURES features, most of a GPU idles.
+_MIN_GPU_PROGRAMS = 16
+_LONG_FEATURES = 1024
+
+
+def _too_few_programs(shape: tuple[int, int, int]) -> bool:
+    n, c, d = shape
+    tiles = -(-n // 64)
+    return c * tiles * (tiles + 1) // 2 < _MIN_GPU_PROGRAMS and d >= _LONG_FEATURES
 
 
 class BackendUnavailableError(RuntimeError):
@@ -107,8 +120,11 @@ def _load(name: str) -> Backend:
     return _from_module(name, torch_backend)
 
 
-def resolve_backend(backend: str | None, device: torch.device) -> Backend:
-    """The backend a call on tensors on `device` uses (see the module docstring for the order)."""
+def resolve_backend(
+    backend: str | None, device: torch.device, shape: tuple[int, int, int] | None = None
+) -> Backend:
+    """The backend a call on tensors on `device` uses (see the module docstring for the order); `shape`,
+    the (n, C, D) of the work, lets the automatic choice avoid kernels that could not fill a GPU."""
     if backend is None:
         backend = os.environ.get("APIB_BACKEND") or None
     if backend is not None:
@@ -118,7 +134,10 @@ def resolve_backend(backend: str | None, device: torch.device) -> Backend:
         if reason:
             raise BackendUnavailableError(f"backend {backend!r} is unavailable: {reason}")
         return _load(backend)
-    for name in _AUTO_ORDER.get(device.type, ("torch",)):
+    order = _AUTO_ORDER.get(device.type, ("torch",))
+    if device.type == "cuda" and shape is not None and _too_few_programs(tuple(shape)):
+        order = ("torch",)
+    for name in order:
         if name in _ATOMIC_BACKENDS and torch.are_deterministic_algorithms_enabled():
             continue
         if unavailable_reason(name, device.type) is None:

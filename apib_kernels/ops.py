@@ -80,7 +80,7 @@ def centered_gram(x: torch.Tensor, kernel: str = "laplace", gamma: float | None 
     """
     f = _features(x)
     kernel, g = _kernel_args(kernel, gamma, f.shape[2], ("kernel", "gamma"))
-    be = resolve_backend(backend, f.device)
+    be = resolve_backend(backend, f.device, f.shape)
     return be.centered_gram(f, KERNELS[kernel], g, 0, f.shape[0], None)
 
 
@@ -128,7 +128,7 @@ def _output_gram(y, n: int, y_kernel, y_gamma, like, backend, check_finite: bool
         raise ValueError(f"integer y must be (n,) class labels, got shape {tuple(y.shape)}")
     f = y.reshape(n, 1, -1).to(like.dtype)
     y_kernel, g = _kernel_args(y_kernel, y_gamma, f.shape[2], ("y_kernel", "y_gamma"), Y_KERNELS)
-    return resolve_backend(backend, f.device).centered_gram(f, KERNELS[y_kernel], g, 0, n, None)[0]
+    return resolve_backend(backend, f.device, f.shape).centered_gram(f, KERNELS[y_kernel], g, 0, n, None)[0]
 
 
 def _pack_weights(rows: int, cols: int, device, dtype) -> torch.Tensor:
@@ -196,7 +196,7 @@ def hsic_matrix(
         y_kernel = kernel
     if memory_limit is not None:
         check_int(memory_limit, "memory_limit (bytes)", 1)
-    be = resolve_backend(backend, f.device)
+    be = resolve_backend(backend, f.device, f.shape)
     lbar = _output_gram(y, n, y_kernel, y_gamma, f, backend, check_finite=False)
     code = KERNELS[kernel]
     q = f.new_zeros(c, c)

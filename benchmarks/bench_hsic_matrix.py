@@ -1,7 +1,8 @@
 """hsic_matrix per backend against the idiomatic PyTorch pipeline and the reference code's formulation.
 
-Shapes: ResNet-50 layer inputs (C x D = 64x3136, 128x784, 256x196, 512x49) and the stress shape
-256x3136, at n = 64 and 128 calibration images; labels as the output (delta kernel).
+Shapes: ResNet-50 layer inputs (C x D = 64x3136, 128x784, 256x196, 512x49), the stress shape
+256x3136 and two few-channel shapes (3x50176, 1x802816), at n = 64 and 128 calibration images; labels as
+the output (delta kernel).
 
 FLOP count (nominal, the work of the plain formulation): Gram 2·C·n²·D + Q 2·C²·n². Our kernels use
 the symmetry of the Grams and of Q and so do about half of it; GFLOP/s below is nominal FLOPs / time,
@@ -22,7 +23,9 @@ from common import RESULTS, append_jsonl, bench, environment, write_atomic
 
 import apib_kernels as ak
 
-LAYERS = [(64, 3136), (128, 784), (256, 196), (512, 49), (256, 3136)]
+# ResNet-50 layer inputs, the stress shape, and two few-channel shapes (the stem's 3×224², one layer's
+# output as a single long feature vector) where tile-parallel kernels launch few programs.
+LAYERS = [(64, 3136), (128, 784), (256, 196), (512, 49), (256, 3136), (3, 50176), (1, 802816)]
 
 
 def idiomatic(x, y, gamma):

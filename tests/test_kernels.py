@@ -437,6 +437,20 @@ def test_deterministic_mode_steers_the_automatic_choice_off_atomics(monkeypatch)
         torch.use_deterministic_algorithms(False)
 
 
+def test_automatic_choice_avoids_kernels_that_cannot_fill_a_gpu(monkeypatch):
+    """Few channels of long features (a layer's output as y) would run on a handful of GPU programs."""
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device_type=None: None)
+    monkeypatch.delenv("APIB_BACKEND", raising=False)
+    cuda = torch.device("cuda")
+    assert resolve_backend(None, cuda, (64, 1, 802816)).name == "torch"
+    assert resolve_backend(None, cuda, (64, 3, 50176)).name == "torch"
+    assert resolve_backend(None, cuda, (64, 64, 3136)).name == "cuda"  # 64 programs
+    assert resolve_backend(None, cuda, (64, 1, 8)).name == "cuda"  # little work either way
+    assert resolve_backend(None, cuda, (1024, 1, 802816)).name == "cuda"  # 136 tile pairs
+    assert resolve_backend("cuda", cuda, (64, 1, 802816)).name == "cuda"  # explicit choice kept
+    assert resolve_backend(None, torch.device("cpu"), (64, 1, 802816)).name == "cpu"
+
+
 @pytest.mark.triton
 def test_triton_launches_enter_the_tensors_device(monkeypatch):
     """Triton launches on the current CUDA device: each op must make x's device current first."""
