@@ -8,6 +8,10 @@
 Every dataset yields ``(image (3, H, W) float32, normalized; label int)``. Training splits of CIFAR and
 image folders are augmented (random crop + horizontal flip) unless ``augment=False`` is asked for, as a
 calibration batch drawn from the training images should be.
+
+No loader here can execute code from a data folder: CIFAR's pickles are read by an unpickler that
+admits only what the format holds (containers, bytes, strings, numbers, numpy arrays and dtypes), and
+images are decoded by Pillow. A file that is not what its format promises raises ``ValueError`` naming it.
 """
 
 import pickle
@@ -17,10 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from apib_kernels._validation import check_int
+from apib_kernels._validation import check_int, is_int
+
+try:
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
 
 __all__ = [
     "TensorImageDataset",
@@ -118,9 +130,84 @@ _CIFAR = {
 }
 
 
+def _latin1(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles written by Python 3 use it for bytes, latin-1 only."""
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+# Everything a CIFAR pickle may name, from Python 2's numpy (numpy.core) to numpy 2 (numpy._core):
+# array and scalar reconstruction, which builds data from a dtype and bytes and calls nothing else.
+_NUMPY_RECONSTRUCTION = {
+    ("multiarray", "_reconstruct"): _multiarray._reconstruct,
+    ("multiarray", "scalar"): _multiarray.scalar,
+    ("numeric", "_frombuffer"): _numeric._frombuffer,
+}
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1,
+    **{
+        (f"{core}.{module}", name): fn
+        for core in ("numpy.core", "numpy._core")
+        for (module, name), fn in _NUMPY_RECONSTRUCTION.items()
+    },
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR file never holds")
+        return _PICKLE_GLOBALS[module, name]
+
+
 def _unpickle(path: Path) -> dict:
+    """The dict pickled in CIFAR file ``path``, read without running any code the file names."""
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+        try:
+            obj = _CifarUnpickler(f, encoding="bytes").load()
+        except Exception as err:  # anything the bytes of a corrupted or hostile file can provoke
+            raise ValueError(f"{str(path)!r} is not a CIFAR python-pickle file: {err}") from err
+    if not isinstance(obj, dict):
+        raise ValueError(f"{str(path)!r} is not a CIFAR python-pickle file: it holds a {type(obj).__name__}")
+    return obj
+
+
+def _entry(batch: dict, key: bytes, path: Path):
+    if key not in batch:
+        raise ValueError(f"{str(path)!r} has no {key.decode()!r} entry: not a CIFAR batch or meta file")
+    return batch[key]
+
+
+def _cifar_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray, list[int]]:
+    """Images ``(N, 3, 32, 32)`` uint8 and labels of CIFAR batch file ``path``, checked."""
+    batch = _unpickle(path)
+    images, labels = _entry(batch, b"data", path), _entry(batch, label_key, path)
+    if not (
+        isinstance(images, np.ndarray)
+        and images.dtype == np.uint8
+        and images.ndim == 2
+        and images.shape[1] == 3 * 32 * 32
+    ):
+        raise ValueError(f"{str(path)!r}: data must be an (N, 3072) uint8 array, got {_describe(images)}")
+    labels = labels.tolist() if isinstance(labels, np.ndarray) else labels
+    if not isinstance(labels, list) or len(labels) != len(images):
+        raise ValueError(
+            f"{str(path)!r}: {label_key.decode()} must be a list of {len(images)} labels (one per image), "
+            f"got {_describe(labels)}"
+        )
+    bad = next((y for y in labels if not (is_int(y) and 0 <= y < num_classes)), None)
+    if bad is not None:
+        raise ValueError(f"{str(path)!r}: label {bad!r} is not a class index in [0, {num_classes})")
+    return images.reshape(-1, 3, 32, 32), labels
+
+
+def _describe(obj) -> str:
+    if isinstance(obj, np.ndarray):
+        return f"a {obj.dtype} array of shape {obj.shape}"
+    return f"a {type(obj).__name__}" + (f" of length {len(obj)}" if isinstance(obj, (list, tuple)) else "")
 
 
 def cifar(
@@ -148,15 +235,23 @@ def cifar(
             )
     data, labels = [], []
     for name in files:
-        batch = _unpickle(root / name)
-        images = np.asarray(batch[b"data"], dtype=np.uint8)
-        if images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"{root / name}: data must be (N, 3072) uint8, got shape {images.shape}")
-        data.append(images.reshape(-1, 3, 32, 32))
-        labels.extend(batch[layout.label_key])
+        images, y = _cifar_batch(root / name, layout.label_key, num_classes)
+        data.append(images)
+        labels.extend(y)
     classes = None
     if (root / layout.meta_file).is_file():
-        classes = [n.decode() for n in _unpickle(root / layout.meta_file)[layout.names_key]]
+        meta = root / layout.meta_file
+        names = _entry(_unpickle(meta), layout.names_key, meta)
+        if not (
+            isinstance(names, list)
+            and len(names) == num_classes
+            and all(isinstance(n, (bytes, str)) for n in names)
+        ):
+            raise ValueError(
+                f"{str(meta)!r}: {layout.names_key.decode()} must be a list of {num_classes} class names, "
+                f"got {_describe(names)}"
+            )
+        classes = [n.decode(errors="replace") if isinstance(n, bytes) else n for n in names]
     return TensorImageDataset(
         torch.from_numpy(np.concatenate(data)),
         torch.tensor(labels, dtype=torch.int64),
@@ -167,28 +262,65 @@ def cifar(
     )
 
 
+class _ImageFiles(Dataset):
+    """Image files with class indices: item ``i`` is ``(transform(RGB image), label)``."""
+
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform):
+        self.samples = samples
+        self.targets = [label for _, label in samples]
+        self.classes = classes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except Exception as err:  # Pillow raises many types for damaged files
+            raise ValueError(f"unreadable image {path!r}: {err}") from err
+        return self.transform(rgb), label
+
+
 def image_folder(
     path: str | Path, train: bool, image_size: int = 224, augment: bool | None = None
 ) -> Dataset:
     """ImageNet-style class folders: items ``((3, image_size, image_size), label)``.
 
     Reads ``path/train/<class>/*`` or ``path/val/<class>/*`` by ``train``; a ``path`` with neither
-    subfolder is itself the root of class folders. Augmented (``augment`` defaults to ``train``):
-    RandomResizedCrop + horizontal flip; otherwise: resize the short side to ``256/224 · image_size``
-    and center-crop.
+    subfolder is itself the root of class folders. The class index is always that of ``train/``'s
+    folders (sorted by name), so both splits label alike; a class in ``val/`` that ``train/`` lacks is a
+    ``ValueError``, and ``val/`` needs its ``train/`` beside it. Augmented (``augment`` defaults to
+    ``train``): RandomResizedCrop + horizontal flip; otherwise: resize the short side to
+    ``256/224 · image_size`` and center-crop. An image that cannot be decoded raises ``ValueError``
+    naming the file when it is read.
     """
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
     from torchvision.transforms import v2
 
     image_size = check_int(image_size, "image_size", 1)
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder data path {str(root)!r} is not a folder")
-    split = "train" if train else "val"
+    index_root = root
     if (root / "train").is_dir() or (root / "val").is_dir():
-        root = root / split
-        if not root.is_dir():
-            raise FileNotFoundError(f"image folder data path {str(path)!r} has no {split!r} subfolder")
+        index_root, root = root / "train", root / ("train" if train else "val")
+        for folder in (index_root, root):
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"image folder data path {str(path)!r} has no {folder.name!r} subfolder"
+                    + ("" if train else " (its class folders give the class index)")
+                )
+    classes, class_to_idx = find_classes(index_root)
+    unknown = sorted(set(find_classes(root)[0]) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"{str(root)!r} has class folder(s) {', '.join(map(repr, unknown[:5]))} that "
+            f"{str(index_root)!r} lacks: the classes of val/ must be among those of train/"
+        )
+    samples = make_dataset(root, class_to_idx, IMG_EXTENSIONS, allow_empty=not train)
     if train if augment is None else augment:
         geometry = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip()]
     else:
@@ -201,7 +333,7 @@ def image_folder(
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
-    return ImageFolder(root, transform=transform)
+    return _ImageFiles(samples, classes, transform)
 
 
 def digits(

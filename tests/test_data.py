@@ -1,3 +1,4 @@
+import os
 import pickle
 
 import numpy as np
@@ -193,3 +194,134 @@ def test_loader():
         loader(data, 0, train=True)
     with pytest.raises(ValueError, match="num_workers"):
         loader(data, 8, train=True, num_workers=-1)
+
+
+# --- Reading CIFAR safely (issue 19, items 1 and 5) --------------------------------------------------
+
+
+def _cifar10_test_file(tmp_path, batch, name="test_batch", protocol=pickle.DEFAULT_PROTOCOL):
+    """A CIFAR-10 folder whose `name` file pickles `batch` (the other files are valid)."""
+    folder, _, _ = _write_cifar(tmp_path, 10)
+    with open(folder / name, "wb") as f:
+        pickle.dump(batch, f, protocol=protocol)
+    return folder
+
+
+def _valid_batch(n=4):
+    return {b"data": np.zeros((n, 3072), np.uint8), b"labels": list(range(n)), b"batch_label": b"x"}
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_cifar_reads_every_pickle_protocol(tmp_path, protocol):
+    # The release is Python 2's protocol 2; files rewritten by Python 3 use _codecs (protocol 2) or
+    # numpy's buffer reconstruction (protocol 5).
+    batch = _valid_batch()
+    batch[b"labels"] = np.array([3, 1, 4, 1], dtype=np.int64)
+    folder = _cifar10_test_file(tmp_path, batch, protocol=protocol)
+    data = cifar(folder, train=False)
+    assert data.targets.tolist() == [3, 1, 4, 1] and data.images.shape == (4, 3, 32, 32)
+
+
+class _Payload:
+    """Unpickled by plain pickle.load, it runs `fn(*args)`."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _hostile(kind, marker):
+    touch = _Payload(os.system, f"touch {marker}")
+    if kind == "whole file":
+        return touch
+    if kind == "inside a valid batch":  # the payload's result is discarded: nothing would show
+        return {**_valid_batch(), b"filenames": [touch]}
+    if kind == "in an object array":  # numpy's reconstruction must not open a way round the rule
+        return {**_valid_batch(), b"filenames": np.array([touch, 1], dtype=object)}
+    return _Payload(exec, f"open({str(marker)!r}, 'w').close()")
+
+
+@pytest.mark.parametrize("name", ["test_batch", "batches.meta"])
+@pytest.mark.parametrize("kind", ["whole file", "inside a valid batch", "in an object array", "exec"])
+def test_cifar_hostile_pickle_runs_nothing(tmp_path, kind, name):
+    marker = tmp_path / "marker"
+    folder = _cifar10_test_file(tmp_path, _hostile(kind, marker), name=name)
+    with pytest.raises(ValueError, match=rf"{name}' is not a CIFAR python-pickle file: it names \S+, which"):
+        cifar(folder, train=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda b: pickle.dumps(b)[:-40], "not a CIFAR python-pickle file: pickle data was truncated"),
+        (lambda b: b"\x00\x01garbage", "not a CIFAR python-pickle file"),
+        (lambda b: b"", "not a CIFAR python-pickle file"),
+        (lambda b: pickle.dumps([b]), "it holds a list"),
+        (lambda b: pickle.dumps({b"data": b[b"data"]}), "no 'labels' entry"),
+        (lambda b: pickle.dumps({b"labels": b[b"labels"]}), "no 'data' entry"),
+        (
+            lambda b: pickle.dumps({**b, b"data": np.zeros((4, 3000), np.uint8)}),
+            r"uint8 array, got .*\(4, 3000\)",
+        ),
+        (lambda b: pickle.dumps({**b, b"data": np.zeros((4, 3072), np.float32)}), "got a float32 array"),
+        (lambda b: pickle.dumps({**b, b"data": [[0] * 3072] * 4}), "got a list"),
+        (lambda b: pickle.dumps({**b, b"labels": [0, 1, 2]}), "list of 4 labels .* got a list of length 3"),
+        (
+            lambda b: pickle.dumps({**b, b"labels": [0, 1, 2, 10]}),
+            r"label 10 is not a class index in \[0, 10\)",
+        ),
+        (lambda b: pickle.dumps({**b, b"labels": [0, -1, 2, 3]}), "label -1"),
+        (lambda b: pickle.dumps({**b, b"labels": [0, 1.5, 2, 3]}), "label 1.5"),
+    ],
+)
+def test_cifar_corrupted_batch_is_a_clear_error(tmp_path, corrupt, message):
+    folder, _, _ = _write_cifar(tmp_path, 10)
+    (folder / "test_batch").write_bytes(corrupt(_valid_batch()))
+    with pytest.raises(ValueError, match=f"test_batch'?:? .*{message}"):
+        cifar(folder, train=False)
+
+
+def test_cifar_corrupted_meta_is_a_clear_error(tmp_path):
+    folder, _, _ = _write_cifar(tmp_path, 10)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"cat", b"dog"]}, f)
+    with pytest.raises(ValueError, match="batches.meta'.*10 class names, got a list of length 2"):
+        cifar(folder, train=False)
+
+
+# --- Image folders: one class index for both splits (issue 19, item 4) -------------------------------
+
+
+def test_image_folder_class_index_comes_from_train(tmp_path):
+    _write_image_folder(tmp_path / "train", classes=("cat", "dog", "emu"))
+    _write_image_folder(tmp_path / "val", classes=("dog", "emu"))  # no cat: indices must not shift
+    train, val = image_folder(tmp_path, True, image_size=8), image_folder(tmp_path, False, image_size=8)
+    assert train.classes == val.classes == ["cat", "dog", "emu"]
+    assert val.targets == [1, 1, 2, 2]
+    assert [val[i][1] for i in range(len(val))] == [1, 1, 2, 2]
+
+
+def test_image_folder_val_class_missing_from_train_is_an_error(tmp_path):
+    _write_image_folder(tmp_path / "train", classes=("cat", "dog"))
+    _write_image_folder(tmp_path / "val", classes=("cat", "dog", "fox"))
+    assert len(image_folder(tmp_path, train=True)) == 4
+    with pytest.raises(ValueError, match="'fox'.*lacks"):
+        image_folder(tmp_path, train=False)
+
+
+def test_image_folder_val_needs_train(tmp_path):
+    _write_image_folder(tmp_path / "val")
+    with pytest.raises(FileNotFoundError, match="no 'train' subfolder.*class index"):
+        image_folder(tmp_path, train=False)
+
+
+def test_unreadable_image_names_its_file(tmp_path):
+    _write_image_folder(tmp_path)
+    (tmp_path / "dog" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    data = image_folder(tmp_path, train=False, image_size=8)
+    assert data[0][0].shape == (3, 8, 8)
+    with pytest.raises(ValueError, match=r"unreadable image .*dog/1\.png"):
+        data[3]
