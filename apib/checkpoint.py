@@ -2,11 +2,14 @@
 
 A pruned file loads with `torch.load(path, weights_only=True)`. `load_pruned` rebuilds the network by
 creating the unpruned architecture (from `apib.models`, or given by the caller), repeating the recorded
-surgery, and loading the weights.
+surgery, and loading the weights; the recorded configuration is checked against the architecture and
+the stored weights first, so a damaged or mismatched file is a `ValueError` naming it, not a crash or
+a huge allocation.
 """
 
+import math
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,23 +17,27 @@ import torch
 from torch import nn
 
 from apib.pruning import PruneResult, apply_pruning
+from apib_kernels._validation import is_int
 
 FORMAT = "apib-pruned/1"
+MAX_INPUT_ELEMENTS = 1 << 24
+"""The largest example input (elements) a pruned file may ask `load_pruned` to trace the model with."""
 
 
 @contextmanager
 def atomic_path(path, suffix: str = ".tmp"):
     """Yields a temporary file name next to `path`; on success it is renamed to `path`, so a crash never
-    leaves a torn file behind. `suffix` keeps writers that infer the format from the name happy."""
+    leaves a torn file behind. `suffix` keeps writers that infer the format from the name happy. The
+    file is created with the user's umask, as `open` would create `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield tmp
+        yield str(tmp)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -60,10 +67,47 @@ def save_pruned(result_or_model, path, *, arch: str | None = None, num_classes: 
 
 
 def load_checkpoint(path) -> dict:
-    """torch.load(path, weights_only=True) on the CPU, with a clear error for a missing file."""
+    """torch.load(path, weights_only=True) on the CPU. A missing file is a FileNotFoundError; a file that
+    is not a checkpoint, or holds anything but tensors and plain containers, a ValueError naming it."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
+        # A refusal of weights_only says why after this marker, below a paragraph about the option.
+        _, marker, reason = str(err).partition("WeightsUnpickler error:")
+        lines = [ln.strip() for ln in (reason if marker else str(err)).splitlines() if ln.strip()]
+        detail = lines[0] if lines else ""
+        raise ValueError(
+            f"{str(path)!r} is not a checkpoint that loads with torch.load(weights_only=True): "
+            f"{type(err).__name__}{': ' + detail if detail else ''}"
+        ) from err
+
+
+def check_state_dict(model: nn.Module, state: dict, what: str) -> None:
+    """Raises ValueError, in one line, unless `state` has exactly `model`'s keys, each with its shape.
+    `what` names the weights in the message (a file, and the architecture they were meant for)."""
+
+    def shape(v):
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+
+    expected = {k: shape(v) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {shape(state[k])} where the model has {s}"
+        for k, s in expected.items()
+        if k in state and shape(state[k]) != s
+    ]
+    problems = [
+        f"{len(items)} {label} ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mismatched", wrong))
+        if items
+    ]
+    if problems:
+        raise ValueError(f"{what} do not fit the model: " + "; ".join(problems))
 
 
 def load_pruned(path, model: nn.Module | None = None) -> nn.Module:
@@ -73,18 +117,91 @@ def load_pruned(path, model: nn.Module | None = None) -> nn.Module:
 
 
 def from_checkpoint(ckpt, model: nn.Module | None = None, path="the checkpoint") -> nn.Module:
-    """`load_pruned` on a file already read with `load_checkpoint` (`path` names it in errors)."""
+    """`load_pruned` on a file already read with `load_checkpoint` (`path` names it in errors).
+
+    Before anything is built, the recorded configuration is checked: every pruned layer exists in the
+    architecture and keeps a non-empty set of distinct channel indices in range, as many as its stored
+    weight has; the input shape is plausible. Without `model`, the architecture is built and pruned on
+    the meta device and compared with the stored weights before any memory is allocated."""
+    name = repr(str(path))
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} is not a pruned-model file written by apib.save_pruned")
-    if model is None:
+        raise ValueError(f"{name} is not a pruned-model file written by apib.save_pruned")
+    missing = [k for k in ("arch", "num_classes", "pruning", "state_dict") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{name} lacks {', '.join(map(repr, missing))}: not a complete pruned-model file")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{name}: its state_dict must map names to tensors")
+    config = _check_config(ckpt["pruning"], name)
+    on_meta = model is None
+    if on_meta:
         if ckpt["arch"] is None:
             raise ValueError(
-                f"{str(path)!r} does not name its architecture: "
-                "pass the unpruned model as load_pruned(path, model)"
+                f"{name} does not name its architecture: pass the unpruned model as load_pruned(path, model)"
             )
         from apib.models import get_model
 
-        model = get_model(ckpt["arch"], num_classes=ckpt["num_classes"])
-    apply_pruning(model, ckpt["pruning"])
-    model.load_state_dict(ckpt["state_dict"])
+        try:
+            with torch.device("meta"):
+                model = get_model(ckpt["arch"], num_classes=ckpt["num_classes"])
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from err
+    _check_kept(model, config["kept"], state, name)
+    try:
+        apply_pruning(model, config)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from err
+    arch = f"{ckpt['arch']} with {ckpt['num_classes']} classes" if on_meta else type(model).__name__
+    check_state_dict(model, state, f"the weights in {name} (for {arch}, pruned as recorded)")
+    if on_meta:
+        model.to_empty(device="cpu")
+    model.load_state_dict(state)
     return model.eval()
+
+
+def _check_config(config, name: str) -> dict:
+    """The pruning configuration of a file, with its types and input shape checked."""
+    if not (isinstance(config, dict) and isinstance(config.get("kept"), dict) and "input_shape" in config):
+        raise ValueError(f"{name}: its pruning configuration must hold 'input_shape' and a 'kept' dict")
+    shape = config["input_shape"]
+    if not (
+        isinstance(shape, (list, tuple))
+        and 2 <= len(shape) <= 5
+        and all(is_int(d) and d >= 1 for d in shape)
+        and math.prod(shape) <= MAX_INPUT_ELEMENTS
+    ):
+        raise ValueError(
+            f"{name}: input_shape {shape!r} is not an input shape (2 to 5 positive sizes, "
+            f"at most {MAX_INPUT_ELEMENTS} elements)"
+        )
+    for layer, kept in config["kept"].items():
+        if not isinstance(layer, str) or not isinstance(kept, (list, tuple)):
+            raise ValueError(f"{name}: 'kept' must map layer names to lists of channel indices")
+    return config
+
+
+def _check_kept(model: nn.Module, kept: dict, state: dict, name: str) -> None:
+    """Each pruned layer exists in `model` (unpruned) and keeps distinct in-range channels, as many as
+    its stored weight has."""
+    for layer, channels in kept.items():
+        try:
+            weight = model.get_submodule(layer).weight
+        except AttributeError:
+            raise ValueError(
+                f"{name}: the pruning configuration names layer {layer!r}, which "
+                f"{type(model).__name__} has no weighted module of"
+            ) from None
+        total = weight.shape[0]
+        if not channels:
+            raise ValueError(f"{name}: layer {layer!r} keeps no channel")
+        bad = next((i for i in channels if not (is_int(i) and 0 <= i < total)), None)
+        if bad is not None:
+            raise ValueError(f"{name}: layer {layer!r} keeps channel {bad!r}, not an index in [0, {total})")
+        if len(set(channels)) != len(channels):
+            raise ValueError(f"{name}: layer {layer!r} lists a kept channel more than once")
+        stored = state.get(f"{layer}.weight")
+        if stored is None or stored.dim() == 0 or stored.shape[0] != len(channels):
+            found = "no weight" if stored is None else f"a weight of shape {tuple(stored.shape)}"
+            raise ValueError(
+                f"{name}: layer {layer!r} keeps {len(channels)} channels but the state_dict has {found}"
+            )

@@ -83,7 +83,9 @@ def test_pretrained_path_errors(tmp_path):
         get_model("resnet20", pretrained_path=tmp_path / "tensor.pth")
     # Weights of another class count must not load silently.
     torch.save(get_model("resnet20", 100).state_dict(), tmp_path / "c100.pth")
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(
+        ValueError, match=r"c100.pth.*2 mismatched \(fc.weight \(100, 64\) where the model has \(10, 64\)"
+    ):
         get_model("resnet20", 10, pretrained_path=tmp_path / "c100.pth")
 
 

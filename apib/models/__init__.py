@@ -9,7 +9,7 @@ from pathlib import Path
 import torchvision
 from torch import nn
 
-from apib.checkpoint import load_checkpoint
+from apib.checkpoint import check_state_dict, load_checkpoint
 from apib_kernels._validation import check_int
 
 from .cifar_resnet import resnet20, resnet56, resnet110
@@ -59,7 +59,8 @@ def load_state_dict(model: nn.Module, path: str | Path) -> nn.Module:
 
     Accepts a plain state dict or one wrapped under ``state_dict``/``net``/``model``, with or without
     the ``module.`` prefix that ``nn.DataParallel`` adds. Only tensors and plain containers are
-    unpickled (``weights_only=True``).
+    unpickled (``weights_only=True``). Weights of another architecture or class count raise
+    ``ValueError`` listing the keys that differ.
     """
     state = load_checkpoint(path)
     if isinstance(state, dict):
@@ -72,6 +73,7 @@ def load_state_dict(model: nn.Module, path: str | Path) -> nn.Module:
             f"pretrained_path {str(path)!r} does not hold a state dict (got {type(state).__name__})"
         )
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    check_state_dict(model, state, f"the weights in {str(path)!r}")
     model.load_state_dict(state)
     return model
 
