@@ -141,14 +141,16 @@ def _calibrate(model, loader, sinks: dict, calib_size: int | None, device, progr
         return call
 
     hooks = [model.get_submodule(name).register_forward_hook(hook(sink)) for name, sink in sinks.items()]
-    labels, seen = [], 0
+    labels, seen, size = [], 0, None
     try:
         bar = tqdm(total=calib_size, desc=desc, unit="img", disable=not progress)
-        for batch in loader:
+        for i, batch in enumerate(loader):
             images, y = _inputs_of(batch)
             if calib_size is not None:
                 images = images[: calib_size - seen]
                 y = None if y is None else y[: calib_size - seen]
+            _check_images(images, i, size)
+            size = images.shape[1:]
             model(images.to(device))
             if y is not None:
                 labels.append(y.to(device))
@@ -165,6 +167,18 @@ def _calibrate(model, loader, sinks: dict, calib_size: int | None, device, progr
     if calib_size is not None and seen < calib_size:
         logger.warning("calib_loader ran out after %d images (calib_size = %d)", seen, calib_size)
     return torch.cat(labels) if labels and sum(map(len, labels)) == seen else None
+
+
+def _check_images(images: torch.Tensor, i: int, size) -> None:
+    """Batch `i` of the calibration images: finite, and of the image `size` of the batches before it
+    (None for the first): every layer's inputs over all batches are concatenated."""
+    if size is not None and images.shape[1:] != size:
+        raise ValueError(
+            f"calib_loader's batches must have the same image size: batch {i} has {tuple(images.shape[1:])}, "
+            f"the batches before it {tuple(size)}"
+        )
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        raise ValueError(f"calibration images contain NaN or infinite values (batch {i} of calib_loader)")
 
 
 def _apib_problems(model, loader, groups, args, device, progress, timings) -> list[HSICLassoProblem]:
@@ -365,8 +379,10 @@ def _check_args(alpha0, omega, tolerance, calib_size, kernel, target, criterion,
 
 def _example_input(loader, example_input, device) -> torch.Tensor:
     if example_input is None:
-        images, _ = _inputs_of(next(iter(loader)))
-        example_input = images[:1]
+        batch = next(iter(loader), None)
+        if batch is None:
+            raise ValueError("calib_loader yielded no batch: it must give at least 2 calibration images")
+        example_input = _inputs_of(batch)[0][:1]
     if not isinstance(example_input, torch.Tensor):
         raise ValueError(
             f"example_input must be a tensor (one input batch), got {type(example_input).__name__}"

@@ -528,7 +528,10 @@ def hsic_lasso(
     _sync(x.device)
     t1 = time.perf_counter()
     if not bool((problem.hsic != 0).any()):
-        logger.warning("no channel has any relevance to y (b = 0): is y constant?")
+        if problem._solver.active.numel() == 0:
+            logger.warning("every channel of x is constant over the samples: none carries information")
+        else:
+            logger.warning("no channel has any relevance to y (b = 0): is y constant?")
     with collect_convergence_warnings():  # one summary for the many solves of a path or an omega search
         if n_select is not None:
             used, coef, selected = problem.select_count(n_select)
