@@ -5,28 +5,34 @@
         --finetune-epochs 2 --output runs/pruned
     apib eval --model resnet20 --dataset digits --pruned runs/pruned/pruned.pt
 
-Every command writes its results atomically under --output: a checkpoint (loadable with
-`torch.load(..., weights_only=True)`), `report.json`, and for `prune` a plot of the widths.
+Every command that writes fills --output as a whole or not at all: a checkpoint (loadable with
+`torch.load(..., weights_only=True)`), `report.json` (with every setting the run used), and for `prune`
+a plot of the widths. An existing non-empty --output is replaced only with --overwrite, and never when
+it holds one of the run's inputs. Expected failures (bad arguments or files, mismatched checkpoints,
+unusable devices, permissions) print one line and exit with status 2; Ctrl-C exits with 130, SIGTERM
+with 143. --debug adds the traceback.
 """
 
 import argparse
 import json
 import logging
+import platform
+import signal
+import subprocess
 import sys
+import threading
 import time
+import traceback
+from contextlib import contextmanager, nullcontext
+from importlib import metadata
+from pathlib import Path
 
 import torch
 
 from apib import data
-from apib.checkpoint import (
-    atomic_path,
-    from_checkpoint,
-    load_checkpoint,
-    load_pruned,
-    save_pruned,
-    write_atomic,
-)
+from apib.checkpoint import from_checkpoint, load_checkpoint, save_pruned
 from apib.models import get_model, model_names
+from apib.output import OutputFolder
 from apib.pruning import prune
 from apib.train import evaluate, recalibrate_bn, train
 from apib_kernels import KERNELS
@@ -43,14 +49,23 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error")
 
 
 def _train_args(p: argparse.ArgumentParser, epochs_flag: str, epochs_default: int) -> None:
     p.add_argument(epochs_flag, type=int, default=epochs_default, dest="epochs")
+    p.set_defaults(epochs_flag=epochs_flag)
     p.add_argument("--lr", type=float, default=0.1, help="initial learning rate (cosine schedule)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.0)
+
+
+def _output_args(p: argparse.ArgumentParser, files: str) -> None:
+    p.add_argument("--output", required=True, help=f"folder for {files}, written whole when the run ends")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a previous run in --output (not one of its inputs)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, choices=model_names())
     _data_args(p)
     _train_args(p, "--epochs", 200)
-    p.add_argument("--output", required=True, help="folder for model.pt and report.json")
+    _output_args(p, "model.pt and report.json")
 
     p = sub.add_parser("prune", help="prune a trained model with APIB to a FLOPs budget")
     p.add_argument("--model", required=True, choices=model_names())
@@ -87,13 +102,13 @@ def _parser() -> argparse.ArgumentParser:
         help="training images re-estimating BN statistics after pruning (0: skip)",
     )
     _train_args(p, "--finetune-epochs", 0)
-    p.add_argument("--output", required=True, help="folder for pruned.pt, report.json and widths.png")
+    _output_args(p, "pruned.pt, report.json and widths.png")
 
     p = sub.add_parser("finetune", help="fine-tune a pruned model")
     p.add_argument("--pruned", required=True, help="a pruned.pt written by `apib prune`")
     _data_args(p)
     _train_args(p, "--epochs", 30)
-    p.add_argument("--output", required=True, help="folder for pruned.pt and report.json")
+    _output_args(p, "pruned.pt and report.json")
 
     p = sub.add_parser("eval", help="top-1/top-5 of a trained or pruned model")
     p.add_argument("--model", choices=model_names(), help="architecture for --ckpt")
@@ -104,14 +119,60 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(args) -> torch.device:
-    if args.device is not None:
-        return torch.device(args.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _check_args(args) -> None:
+    """Every argument that can be checked without reading a file, so that no mistake surfaces only
+    after hours of work; fills in the dataset-dependent default of --calib-size."""
+    check_int(args.batch_size, "--batch-size", 1)
+    check_int(args.workers, "--workers", 0)
+    check_int(args.seed, "--seed", 0, 2**63 - 1)
+    if args.command == "eval":
+        if args.ckpt is not None and args.model is None:
+            raise ValueError("--model is required with --ckpt (the architecture of the weights)")
+        return
+    check_int(args.epochs, args.epochs_flag, 0)
+    check_number(args.lr, "--lr", positive=True)
+    check_number(args.momentum, "--momentum", below=1)
+    check_number(args.weight_decay, "--weight-decay")
+    check_number(args.label_smoothing, "--label-smoothing", below=1)
+    if args.command == "prune":
+        if args.flops_reduction is not None:
+            check_number(args.flops_reduction, "--flops-reduction", positive=True, below=1)
+        else:
+            check_number(args.flops_target, "--flops-target", positive=True)
+        if args.alpha is not None:
+            check_number(args.alpha, "--alpha", positive=True)
+        check_int(args.omega, "--omega", 1)
+        check_number(args.tolerance, "--tolerance", positive=True, below=1)
+        if args.calib_size is None:
+            args.calib_size = 64 if args.dataset == "imagenet" else 128
+        check_int(args.calib_size, "--calib-size", 2)
+        check_int(args.bn_images, "--bn-images", 0)
 
 
-def _loader(args, train_split: bool, augment: bool):
+def _device(spec: str | None) -> torch.device:
+    """The --device, checked by allocating on it: an unknown name, a CUDA device on a machine without
+    one, or a GPU index past the last all fail here rather than at the first batch."""
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+        if device.type == "meta":
+            raise ValueError("the meta device holds no data")
+        torch.empty(1, device=device)
+    except Exception as err:  # torch raises RuntimeError, AssertionError, ... by backend
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"--device {spec!r} is not usable here: {reason}") from err
+    return device
+
+
+def _loader(args, train_split: bool, augment: bool, classes: int):
+    """Batches of the dataset's split, for a model with `classes` outputs."""
     ds = data.get_dataset(args.dataset, args.data_path, train=train_split, augment=augment)
+    found = len(getattr(ds, "classes", None) or ())
+    if found > classes:
+        raise ValueError(
+            f"--data-path {args.data_path!r} has {found} classes, more than the model's {classes} outputs"
+        )
     return data.loader(ds, args.batch_size, train=augment, num_workers=args.workers, seed=args.seed)
 
 
@@ -126,10 +187,45 @@ def _train_kwargs(args, device) -> dict:
     }
 
 
-def _write_json(obj, path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+def _write_json(obj, path: Path) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _run_record(args, device: torch.device) -> dict:
+    """What a report records about how it was made: every setting, the device, versions, commit."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "epochs_flag", "quiet", "debug")}
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    for name in ("apib-kernels", "torchvision", "torch-pruning", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "command": args.command,
+        "settings": settings,
+        "device": str(device),
+        "versions": versions,
+        "commit": _source_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def _source_commit() -> str | None:
+    """The git commit of the apib sources running (with -dirty for local changes), when they are a
+    checkout; None for an installed copy."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def _plot_widths(layers: list[dict], path) -> None:
@@ -146,46 +242,38 @@ def _plot_widths(layers: list[dict], path) -> None:
     ax.set_ylabel("channels")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _cmd_train(args) -> dict:
-    device = _device(args)
+def _cmd_train(args, device: torch.device, out: OutputFolder) -> dict:
     torch.manual_seed(args.seed)
-    model = get_model(args.model, num_classes=data.num_classes(args.dataset))
-    val = _loader(args, False, False)
-    history = train(
-        model, _loader(args, True, True), args.epochs, val_loader=val, **_train_kwargs(args, device)
-    )
-    write_atomic(
-        {"arch": args.model, "num_classes": data.num_classes(args.dataset), "state_dict": model.state_dict()},
-        f"{args.output}/model.pt",
+    classes = data.num_classes(args.dataset)
+    model = get_model(args.model, num_classes=classes)
+    training, val = _loader(args, True, True, classes), _loader(args, False, False, classes)
+    history = train(model, training, args.epochs, val_loader=val, **_train_kwargs(args, device))
+    torch.save(
+        {"arch": args.model, "num_classes": classes, "state_dict": model.state_dict()}, out / "model.pt"
     )
     final = history[-1] if history else evaluate(model, val, device)
     report = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs, "history": history}
-    report.update(top1=final["top1"], top5=final["top5"])
-    _write_json(report, f"{args.output}/report.json")
+    report.update(top1=final["top1"], top5=final["top5"], run=_run_record(args, device))
+    _write_json(report, out / "report.json")
     print(f"{args.model} on {args.dataset}: top-1 {final['top1']:.2f}%  -> {args.output}/model.pt")
     return report
 
 
-def _cmd_prune(args) -> dict:
-    if args.alpha is not None:
-        check_number(args.alpha, "--alpha", positive=True)
-    check_int(args.bn_images, "--bn-images", 0)
-    device = _device(args)
+def _cmd_prune(args, device: torch.device, out: OutputFolder) -> dict:
     torch.manual_seed(args.seed)
     classes = data.num_classes(args.dataset)
     model = get_model(args.model, num_classes=classes, pretrained_path=args.ckpt).to(device)
     if args.ckpt is None:
         logger.warning("no --ckpt given: pruning a randomly initialised %s", args.model)
-    calib_size = args.calib_size or (64 if args.dataset == "imagenet" else 128)
-    val = _loader(args, False, False)
-    calib = _loader(args, True, False)  # un-augmented training images: calibration, then BN statistics
+    val = _loader(args, False, False, classes)
+    calib = _loader(args, True, False, classes)  # un-augmented training images: calibration, BN statistics
+    training = _loader(args, True, True, classes) if args.epochs else None
     progress = not args.quiet
-    top1_before = evaluate(model, val, device, progress=progress)["top1"]
+    # Pruning comes first: it checks the FLOPs target before anything slow (prune leaves `model` as is).
     result = prune(
         model,
         calib,
@@ -194,12 +282,13 @@ def _cmd_prune(args) -> dict:
         alpha0=args.alpha,
         omega=args.omega,
         tolerance=args.tolerance,
-        calib_size=calib_size,
+        calib_size=args.calib_size,
         kernel=args.kernel,
         positive=not args.unconstrained,
         device=device,
         progress=progress,
     )
+    top1_before = evaluate(model, val, device, progress=progress)["top1"]
     pruned = result.model
     top1_pruned = evaluate(pruned, val, device, progress=progress)["top1"]
     report = {"model": args.model, "dataset": args.dataset, **result.to_dict()}
@@ -209,12 +298,13 @@ def _cmd_prune(args) -> dict:
         report["top1_recalibrated"] = evaluate(pruned, val, device, progress=progress)["top1"]
     if args.epochs:
         t0 = time.perf_counter()
-        train(pruned, _loader(args, True, True), args.epochs, **_train_kwargs(args, device))
+        train(pruned, training, args.epochs, **_train_kwargs(args, device))
         report["time_s"]["finetune"] = time.perf_counter() - t0
     report["top1_after"] = evaluate(pruned, val, device, progress=progress)["top1"]
-    save_pruned(pruned, f"{args.output}/pruned.pt", arch=args.model, num_classes=classes)
-    _write_json(report, f"{args.output}/report.json")
-    _plot_widths(report["layers"], f"{args.output}/widths.png")
+    report["run"] = _run_record(args, device)
+    save_pruned(pruned, out / "pruned.pt", arch=args.model, num_classes=classes)
+    _write_json(report, out / "report.json")
+    _plot_widths(report["layers"], out / "widths.png")
     print(result.table())
     recal = f", {report['top1_recalibrated']:.2f}% with BN statistics re-estimated" if args.bn_images else ""
     print(
@@ -225,39 +315,100 @@ def _cmd_prune(args) -> dict:
     return report
 
 
-def _cmd_finetune(args) -> dict:
-    device = _device(args)
-    torch.manual_seed(args.seed)
+def _load_pruned(args):
+    """The --pruned model and its checkpoint, checked against --dataset's class count."""
     ckpt = load_checkpoint(args.pruned)
-    model = from_checkpoint(ckpt, path=args.pruned).to(device)
-    val = _loader(args, False, False)
+    model = from_checkpoint(ckpt, path=args.pruned)
+    classes = data.num_classes(args.dataset)
+    if ckpt["num_classes"] != classes:
+        raise ValueError(
+            f"--pruned {args.pruned!r} is a model for {ckpt['num_classes']} classes; "
+            f"--dataset {args.dataset} has {classes}"
+        )
+    return model, ckpt
+
+
+def _cmd_finetune(args, device: torch.device, out: OutputFolder) -> dict:
+    torch.manual_seed(args.seed)
+    model, ckpt = _load_pruned(args)
+    model.to(device)
+    classes = ckpt["num_classes"]
+    training, val = _loader(args, True, True, classes), _loader(args, False, False, classes)
     before = evaluate(model, val, device)["top1"]
-    history = train(
-        model, _loader(args, True, True), args.epochs, val_loader=val, **_train_kwargs(args, device)
-    )
+    history = train(model, training, args.epochs, val_loader=val, **_train_kwargs(args, device))
     after = evaluate(model, val, device)["top1"]
-    save_pruned(model, f"{args.output}/pruned.pt", arch=ckpt["arch"], num_classes=ckpt["num_classes"])
+    save_pruned(model, out / "pruned.pt", arch=ckpt["arch"], num_classes=classes)
     report = {"pruned": args.pruned, "dataset": args.dataset, "top1_before": before, "top1_after": after}
-    report["history"] = history
-    _write_json(report, f"{args.output}/report.json")
+    report.update(history=history, run=_run_record(args, device))
+    _write_json(report, out / "report.json")
     print(f"top-1 {before:.2f}% -> {after:.2f}% after {args.epochs} epoch(s) -> {args.output}/pruned.pt")
     return report
 
 
-def _cmd_eval(args) -> dict:
-    device = _device(args)
+def _cmd_eval(args, device: torch.device, out: None) -> dict:
+    classes = data.num_classes(args.dataset)
     if args.pruned is not None:
-        model = load_pruned(args.pruned)
+        model, _ = _load_pruned(args)
     else:
-        if args.model is None:
-            raise ValueError("--model is required with --ckpt (the architecture of the weights)")
-        model = get_model(args.model, num_classes=data.num_classes(args.dataset), pretrained_path=args.ckpt)
-    result = evaluate(model.to(device), _loader(args, False, False), device, progress=not args.quiet)
+        model = get_model(args.model, num_classes=classes, pretrained_path=args.ckpt)
+    loader = _loader(args, False, False, classes)
+    result = evaluate(model.to(device), loader, device, progress=not args.quiet)
     print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
     return result
 
 
 _COMMANDS = {"train": _cmd_train, "prune": _cmd_prune, "finetune": _cmd_finetune, "eval": _cmd_eval}
+# The failures a user can cause (arguments, files, devices, permissions, a full disk or GPU); anything
+# else is a bug and keeps its traceback.
+_EXPECTED = (ValueError, OSError, torch.OutOfMemoryError)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that the output folder is cleaned up on the way out."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
+@contextmanager
+def _sigterm_raises():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _run(args) -> None:
+    _check_args(args)
+    inputs = {f"--{k.replace('_', '-')}": getattr(args, k, None) for k in ("ckpt", "pruned", "data_path")}
+    out = (
+        OutputFolder(args.output, overwrite=args.overwrite, inputs=inputs)
+        if args.command != "eval"
+        else nullcontext()
+    )
+    device = _device(args.device)
+    with out:
+        _COMMANDS[args.command](args, device, out)
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of `err` on one line. An error in a DataLoader worker is re-raised here with the
+    worker's traceback in its message, which ends with the original error, "Type: message"."""
+    text = str(err).strip()
+    lines = text.splitlines() or [type(err).__name__]
+    return (lines[-1].partition(": ")[2] or lines[-1]) if "Original Traceback" in text else lines[0]
+
+
+def _fail(args, message: str, code: int) -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(f"apib {args.command}: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,10 +417,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s"
     )
     try:
-        _COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"apib {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        with _sigterm_raises():
+            _run(args)
+    except KeyboardInterrupt:
+        return _fail(args, "interrupted", 130)
+    except _Terminated:
+        return _fail(args, "terminated", 143)
+    except _EXPECTED as err:
+        return _fail(args, f"error: {_one_line(err)}", 2)
     return 0
 
 
