@@ -24,9 +24,12 @@ BACKENDS = ("cuda", "triton", "cpu", "torch")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 _ATOMIC_BACKENDS = ("cuda", "triton")  # not deterministic: row sums by float atomics
 # The cuda and triton kernels run one program per (64-sample tile pair, channel), each walking all D
-# features: below this many programs, with at least _LONG_FEATURES features, most of a GPU idles.
-_MIN_GPU_PROGRAMS = 16
-_LONG_FEATURES = 1024
+# features: with fewer programs than a GPU has multiprocessors (an H100/H200's 132) and long features,
+# most of it idles. Measured on an H200 (benchmarks/results/hsic_matrix_nvidia-h200.md): 1×802816 at
+# n = 64 and 512 (1 and 36 programs), cuda 58× and 11× torch's time; 3×50176 (3 and 108), 2.0× and 1.6×;
+# 64×3136 at n = 64 (64 programs, short features), cuda 0.5-0.8× torch's time.
+_MIN_GPU_PROGRAMS = 132
+_LONG_FEATURES = 8192
 
 
 def _too_few_programs(shape: tuple[int, int, int]) -> bool:

@@ -446,7 +446,8 @@ def test_automatic_choice_avoids_kernels_that_cannot_fill_a_gpu(monkeypatch):
     assert resolve_backend(None, cuda, (64, 3, 50176)).name == "torch"
     assert resolve_backend(None, cuda, (64, 64, 3136)).name == "cuda"  # 64 programs
     assert resolve_backend(None, cuda, (64, 1, 8)).name == "cuda"  # little work either way
-    assert resolve_backend(None, cuda, (1024, 1, 802816)).name == "cuda"  # 136 tile pairs
+    assert resolve_backend(None, cuda, (512, 3, 50176)).name == "torch"  # 108 programs
+    assert resolve_backend(None, cuda, (2048, 1, 802816)).name == "cuda"  # 528 tile pairs
     assert resolve_backend("cuda", cuda, (64, 1, 802816)).name == "cuda"  # explicit choice kept
     assert resolve_backend(None, torch.device("cpu"), (64, 1, 802816)).name == "cpu"
 
