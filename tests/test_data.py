@@ -1,3 +1,4 @@
+import codecs
 import os
 import pickle
 
@@ -251,6 +252,14 @@ def test_cifar_hostile_pickle_runs_nothing(tmp_path, kind, name):
     with pytest.raises(ValueError, match=rf"{name}' is not a CIFAR python-pickle file: it names \S+, which"):
         cifar(folder, train=False)
     assert not marker.exists()
+
+
+def test_cifar_codecs_is_admitted_for_latin1_only(tmp_path):
+    folder = _cifar10_test_file(
+        tmp_path, {**_valid_batch(), b"filenames": _Payload(codecs.encode, "x", "rot13")}
+    )
+    with pytest.raises(ValueError, match="test_batch' is not a CIFAR python-pickle file: .*'rot13'"):
+        cifar(folder, train=False)
 
 
 @pytest.mark.parametrize(
