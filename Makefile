@@ -32,9 +32,9 @@ test: build
 # fine-tune briefly, print the report (runs/demo/pruned/report.json, widths.png).
 DEMO ?= runs/demo
 demo: build
-	$(VENV)/bin/apib train --model resnet20 --dataset digits --epochs 5 --batch-size 128 --output $(DEMO)/base
+	$(VENV)/bin/apib train --model resnet20 --dataset digits --epochs 5 --batch-size 128 --output $(DEMO)/base --overwrite
 	$(VENV)/bin/apib prune --model resnet20 --dataset digits --ckpt $(DEMO)/base/model.pt \
-		--flops-reduction 0.5 --finetune-epochs 3 --lr 0.01 --batch-size 128 --output $(DEMO)/pruned
+		--flops-reduction 0.5 --finetune-epochs 3 --lr 0.01 --batch-size 128 --output $(DEMO)/pruned --overwrite
 
 bench: build
 	$(PY) benchmarks/bench_hsic_matrix.py
