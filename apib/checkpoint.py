@@ -8,43 +8,18 @@ a huge allocation.
 """
 
 import math
-import os
-import secrets
-from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from apib.io import check_state_dict, load_checkpoint, write_atomic
+from apib.models import get_model
 from apib.pruning import PruneResult, apply_pruning
 from apib_kernels._validation import is_int
 
 FORMAT = "apib-pruned/1"
 MAX_INPUT_ELEMENTS = 1 << 24
 """The largest example input (elements) a pruned file may ask `load_pruned` to trace the model with."""
-
-
-@contextmanager
-def atomic_path(path, suffix: str = ".tmp"):
-    """Yields a temporary file name next to `path`; on success it is renamed to `path`, so a crash never
-    leaves a torn file behind. `suffix` keeps writers that infer the format from the name happy. The
-    file is created with the user's umask, as `open` would create `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        yield str(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_atomic(obj, path) -> None:
-    """torch.save(obj, path), atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def save_pruned(result_or_model, path, *, arch: str | None = None, num_classes: int | None = None) -> None:
@@ -64,50 +39,6 @@ def save_pruned(result_or_model, path, *, arch: str | None = None, num_classes: 
         },
         path,
     )
-
-
-def load_checkpoint(path) -> dict:
-    """torch.load(path, weights_only=True) on the CPU. A missing file is a FileNotFoundError; a file that
-    is not a checkpoint, or holds anything but tensors and plain containers, a ValueError naming it."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
-        # A refusal of weights_only says why after this marker, below a paragraph about the option.
-        _, marker, reason = str(err).partition("WeightsUnpickler error:")
-        lines = [ln.strip() for ln in (reason if marker else str(err)).splitlines() if ln.strip()]
-        detail = lines[0] if lines else ""
-        raise ValueError(
-            f"{str(path)!r} is not a checkpoint that loads with torch.load(weights_only=True): "
-            f"{type(err).__name__}{': ' + detail if detail else ''}"
-        ) from err
-
-
-def check_state_dict(model: nn.Module, state: dict, what: str) -> None:
-    """Raises ValueError, in one line, unless `state` has exactly `model`'s keys, each with its shape.
-    `what` names the weights in the message (a file, and the architecture they were meant for)."""
-
-    def shape(v):
-        return tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-
-    expected = {k: shape(v) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {shape(state[k])} where the model has {s}"
-        for k, s in expected.items()
-        if k in state and shape(state[k]) != s
-    ]
-    problems = [
-        f"{len(items)} {label} ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("mismatched", wrong))
-        if items
-    ]
-    if problems:
-        raise ValueError(f"{what} do not fit the model: " + "; ".join(problems))
 
 
 def load_pruned(path, model: nn.Module | None = None) -> nn.Module:
@@ -139,8 +70,6 @@ def from_checkpoint(ckpt, model: nn.Module | None = None, path="the checkpoint")
             raise ValueError(
                 f"{name} does not name its architecture: pass the unpruned model as load_pruned(path, model)"
             )
-        from apib.models import get_model
-
         try:
             with torch.device("meta"):
                 model = get_model(ckpt["arch"], num_classes=ckpt["num_classes"])

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from common import RESULTS, environment, write_atomic
 
 from apib import data
-from apib.checkpoint import atomic_path
 from apib.criteria import CRITERIA, keep_indices
+from apib.io import atomic_path
 from apib.models import get_model, model_names
 from apib.pruning import prune
 from apib.train import evaluate, recalibrate_bn, train

@@ -9,7 +9,7 @@ from pathlib import Path
 import torchvision
 from torch import nn
 
-from apib.checkpoint import check_state_dict, load_checkpoint
+from apib.io import check_state_dict, load_checkpoint
 from apib_kernels._validation import check_int
 
 from .cifar_resnet import resnet20, resnet56, resnet110
