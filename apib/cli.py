@@ -30,8 +30,11 @@ from pathlib import Path
 import torch
 
 from apib import data
-from apib.checkpoint import from_checkpoint, load_checkpoint, save_pruned
+from apib.checkpoint import from_checkpoint, save_pruned
+from apib.criteria import CRITERIA
+from apib.io import load_checkpoint
 from apib.models import get_model, model_names
+from apib.options import ALLOCATIONS
 from apib.output import OutputFolder
 from apib.pruning import prune
 from apib.train import evaluate, recalibrate_bn, train
@@ -78,13 +81,26 @@ def _parser() -> argparse.ArgumentParser:
     _train_args(p, "--epochs", 200)
     _output_args(p, "model.pt and report.json")
 
-    p = sub.add_parser("prune", help="prune a trained model with APIB to a FLOPs budget")
+    p = sub.add_parser("prune", help="prune a trained model to a FLOPs budget (APIB or a baseline)")
     p.add_argument("--model", required=True, choices=model_names())
     p.add_argument("--ckpt", default=None, help="trained weights (state dict); default: random weights")
     _data_args(p)
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--flops-reduction", type=float, help="fraction of FLOPs to remove, in (0, 1)")
     goal.add_argument("--flops-target", type=float, help="FLOPs to end at (flop_counter's count)")
+    p.add_argument(
+        "--criterion",
+        default="apib",
+        choices=["apib", *CRITERIA],
+        help="how channels are scored (default apib)",
+    )
+    p.add_argument(
+        "--allocation",
+        default=None,
+        choices=ALLOCATIONS,
+        help="how many channels each layer keeps: penalty (APIB's global search; apib only), uniform (one "
+        "ratio), threshold (one global threshold); default: penalty for apib, uniform otherwise",
+    )
     p.add_argument("--alpha", type=float, default=None, help="first penalty of the search (alpha0)")
     p.add_argument("--omega", type=int, default=1, help="fewest channels any layer keeps")
     p.add_argument("--tolerance", type=float, default=0.01, help="relative FLOPs tolerance")
@@ -147,6 +163,11 @@ def _check_args(args) -> None:
             args.calib_size = 64 if args.dataset == "imagenet" else 128
         check_int(args.calib_size, "--calib-size", 2)
         check_int(args.bn_images, "--bn-images", 0)
+        if args.allocation == "penalty" and args.criterion != "apib":
+            raise ValueError(
+                f"--allocation penalty searches the HSIC Lasso's penalty and needs --criterion apib, got "
+                f"--criterion {args.criterion}: use --allocation uniform or threshold"
+            )
 
 
 def _device(spec: str | None) -> torch.device:
@@ -279,6 +300,8 @@ def _cmd_prune(args, device: torch.device, out: OutputFolder) -> dict:
         calib,
         flops_reduction=args.flops_reduction,
         flops_target=args.flops_target,
+        criterion=args.criterion,
+        allocation=args.allocation,
         alpha0=args.alpha,
         omega=args.omega,
         tolerance=args.tolerance,

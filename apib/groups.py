@@ -5,7 +5,7 @@ everything coupled to them — its BatchNorm, activations, depthwise convolution
 in exactly one dense convolution that reads them (the consumer). Groups that reach a residual add, a
 concatenation, a split, a reshape or a linear layer are not prunable: the channels there belong to a
 stream shared with other layers. torch-pruning's `DependencyGraph` finds the coupling; this rule
-reproduces the reference policy on VGG-16, the CIFAR ResNets, ResNet-50 and GoogLeNet (DESIGN §1) and
+reproduces the reference code's policy on VGG-16, the CIFAR ResNets, ResNet-50 and GoogLeNet and
 extends it to any CNN the graph can trace.
 
 APIB's statistics for a group come from the consumer: X is its input (the group's channels after

@@ -5,7 +5,7 @@ device. Its time is the sum of prune's phase timings except "surgery": from the 
 chosen channels — setup (model copy, dependency graph, FLOPs count), then calibration + statistics +
 the complete global penalty search for APIB, or scoring + the uniform-ratio search for a baseline.
 
-Protocols (DESIGN §2): L1 and FPGM read only the weights. APIB uses n = 64 calibration images (the
+Protocols (the paper's Table 2): L1 and FPGM read only the weights. APIB uses n = 64 calibration images (the
 paper's ImageNet protocol, "APIB") and n = 128 ("APIB-128"). HRank and CHIP score 640 images in 5
 batches of 128; "HRank"/"CHIP" run the published loops (mode "faithful": the forward pass re-run per
 layer, one rank or nuclear norm per image and channel), "HRank-fast"/"CHIP-fast" our batched routes.

@@ -136,6 +136,19 @@ def test_prune_writes_model_report_and_plot(trained, tmp_path, capsys):
         (["--dataset", "digits", "--flops-reduction", "0.5", "--alpha=-1e-4"], "--alpha"),
         (["--dataset", "digits", "--flops-reduction", "0.5", "--ckpt", "/nonexistent.pt"], "/nonexistent.pt"),
         (["--dataset", "digits", "--flops-reduction", "0.99", "--omega", "16"], "unreachable"),
+        (
+            [
+                "--dataset",
+                "digits",
+                "--flops-reduction",
+                "0.5",
+                "--criterion",
+                "l1",
+                "--allocation",
+                "penalty",
+            ],
+            "--allocation penalty",
+        ),
     ],
 )
 def test_prune_errors_are_clear(argv, message, tmp_path, capsys):
@@ -144,6 +157,17 @@ def test_prune_errors_are_clear(argv, message, tmp_path, capsys):
     )
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("criterion, allocation", [("l1", "threshold"), ("apib", "uniform")])
+def test_prune_takes_any_scorer_with_a_ratio_or_threshold(trained, tmp_path, criterion, allocation):
+    argv = ["prune", "--model", "resnet20", "--dataset", "digits", "--ckpt", str(trained / "model.pt")]
+    argv += ["--flops-reduction", "0.4", "--tolerance", "0.05", "--calib-size", "32", "--bn-images", "0"]
+    argv += ["--criterion", criterion, "--allocation", allocation, "--quiet", "--output", str(tmp_path / "p")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert report["criterion"] == criterion and report["allocation"] == allocation and report["alpha"] is None
+    assert abs(report["flops_after"] / report["flops_before"] - 0.6) <= 0.05 * 0.6 + 1e-9
 
 
 @pytest.mark.parametrize("argv", [["--model", "resnet18"], ["--dataset", "mnist"]])

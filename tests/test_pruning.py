@@ -37,7 +37,7 @@ def _convs(model, prefix=""):
 
 
 def _reference_policy(name, model):
-    """The reference code's prunable layers (DESIGN §1), written out per architecture."""
+    """The reference code's prunable layers, written out per architecture."""
     if name == "vgg16":  # the input channels of every conv but the first
         convs = _convs(model)
         return list(zip(convs[:-1], convs[1:], strict=True))
@@ -238,6 +238,8 @@ def test_unreachable_target_names_the_smallest_reachable_flops():
         ({"flops_reduction": 0.5, "calib_size": 1}, "calib_size"),
         ({"flops_reduction": 0.5, "kernel": "cosine"}, "kernel"),
         ({"flops_reduction": 0.5, "target": "logits"}, "target"),
+        ({"flops_reduction": 0.5, "allocation": "greedy"}, "allocation must be one of"),
+        ({"flops_reduction": 0.5, "criterion": "l1", "allocation": "penalty"}, "needs criterion 'apib'"),
     ],
 )
 def test_bad_arguments_name_themselves(kwargs, match):
@@ -274,6 +276,72 @@ def test_l1_keeps_the_largest_filters():
     for d in r.layers:
         norms = model.get_submodule(d.producer).weight.detach().abs().sum((1, 2, 3))
         assert sorted(torch.topk(norms, d.n_kept).indices.tolist()) == list(d.kept)
+
+
+def test_hsic_scores_with_one_uniform_ratio_keep_each_layers_most_relevant_channels():
+    model, batches = _resnet18(), _batches()
+    r = prune(model, batches, flops_reduction=0.5, tolerance=0.05, allocation="uniform", progress=False)
+    assert r.criterion == "apib" and r.allocation == "uniform" and r.alpha is None
+    assert abs(r.flops_after - r.flops_target) <= 0.05 * r.flops_target
+    ratios = [d.n_kept / d.channels for d in r.layers]
+    assert max(ratios) - min(ratios) <= 1 / 64 + 1e-9
+    default = prune(model, batches, flops_reduction=0.5, tolerance=0.05, progress=False)
+    assert default.allocation == "penalty" and [d.kept for d in default.layers] != [d.kept for d in r.layers]
+    # the kept channels are those of highest HSIC with the layer's output (b_k)
+    x, out = _layer_io(model, batches, r.layers[0].consumer)
+    b = ak.HSICLassoProblem.from_data(x, out.flatten(1)).hsic
+    assert sorted(torch.topk(b, r.layers[0].n_kept).indices.tolist()) == list(r.layers[0].kept)
+
+
+def _layer_io(model, batches, name):
+    """A module's input and output over the calibration batches (as the pipeline's hooks see them)."""
+    seen = []
+    hook = model.get_submodule(name).register_forward_hook(lambda _m, a, o: seen.append((a[0], o)))
+    with torch.no_grad():
+        for images, _ in batches:
+            model(images)
+    hook.remove()
+    return torch.cat([a for a, _ in seen]), torch.cat([o for _, o in seen])
+
+
+def test_l1_with_one_global_threshold_ranks_channels_across_layers():
+    model = _resnet18()
+    r = prune(
+        model,
+        _batches(1, 4),
+        flops_reduction=0.5,
+        tolerance=0.05,
+        criterion="l1",
+        allocation="threshold",
+        omega=1,
+        progress=False,
+    )
+    assert r.allocation == "threshold" and abs(r.flops_after - r.flops_target) <= 0.05 * r.flops_target
+    ratios = [d.n_kept / d.channels for d in r.layers]
+    assert max(ratios) - min(ratios) > 1 / 32  # not one shared ratio (that would differ by <= 1/64)
+    kept_min, dropped_max = [], []
+    for d in r.layers:
+        norms = model.get_submodule(d.producer).weight.detach().abs().sum((1, 2, 3)).double()
+        normed = norms / norms.mean()
+        mask = torch.zeros(d.channels, dtype=torch.bool)
+        mask[list(d.kept)] = True
+        assert sorted(torch.topk(norms, d.n_kept).indices.tolist()) == list(d.kept)
+        if d.n_kept > 1:  # layers at the omega floor keep their best channel whatever the threshold
+            kept_min.append(normed[mask].min())
+        if (~mask).any():
+            dropped_max.append(normed[~mask].max())
+    assert min(kept_min) >= max(dropped_max)  # one threshold on the normalised scores
+
+
+def test_options_are_one_frozen_record():
+    from dataclasses import FrozenInstanceError
+
+    from apib.options import PruneOptions
+
+    opts = PruneOptions(criterion="fpgm")
+    assert opts.allocation == "uniform" and PruneOptions().allocation == "penalty"
+    with pytest.raises(FrozenInstanceError):
+        opts.omega = 3
 
 
 def test_faithful_and_fast_hrank_choose_the_same_channels():
