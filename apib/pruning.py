@@ -202,7 +202,7 @@ def prune(
     if floor > goal * (1 + tolerance):
         raise ValueError(
             f"the FLOPs target {goal:.4g} is unreachable: keeping omega = {omega} channel(s) in every "
-            f"prunable layer still costs {floor:.4g} FLOPs (of {flops_before:.4g}); the smallest "
+            f"prunable layer still costs {floor:.4g} FLOPs (of {flops_before:.4g}); the largest "
             f"reachable reduction is {1 - floor / flops_before:.4f}"
         )
     timings["setup"] = time.perf_counter() - t0

@@ -219,7 +219,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_unreachable_target_names_the_smallest_reachable_flops():
-    with pytest.raises(ValueError, match="smallest reachable reduction"):
+    with pytest.raises(ValueError, match="largest reachable reduction is 0"):
         prune(_resnet18(), _batches(), flops_reduction=0.95, omega=32, progress=False)
 
 
