@@ -22,6 +22,7 @@ from apib.groups import FlopsModel
 from apib.options import PruneOptions
 from apib.scoring import LayerScores
 from apib_kernels import HSICLassoProblem
+from apib_kernels.homotopy import lasso_knots
 from apib_kernels.lasso import collect_convergence_warnings
 from apib_kernels.selection import LASSO_TOL
 
@@ -38,11 +39,14 @@ ALPHA_FLOOR = 1e-4
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """The channels one group keeps (indices into its channels, ascending) and, for "penalty", the
-    penalty its Lasso was solved at."""
+    """The channels one group keeps (indices into its channels, ascending); for "penalty", the penalty
+    its Lasso was solved at; and the rule that chose them: "lasso" (the non-zero coefficients at the
+    global penalty, the paper's rule), "path" or "relevance" (beyond it, see `_beyond_the_lasso`), or
+    the allocation's name ("uniform", "threshold")."""
 
     kept: tuple[int, ...]
     alpha: float | None = None
+    rule: str = "lasso"
 
 
 def allocate(
@@ -58,12 +62,13 @@ def allocate(
             [s.scores for s in layers], groups, flops, opts.omega, goal, opts.tolerance
         )
     return [
-        LayerChoice(_sorted(keep_indices(s.scores, k))) for s, k in zip(layers, counts, strict=True)
+        LayerChoice(_sorted(keep_indices(s.scores, k)), rule=opts.allocation)
+        for s, k in zip(layers, counts, strict=True)
     ], None
 
 
-def _sorted(selected: torch.Tensor) -> tuple[int, ...]:
-    return tuple(sorted(int(i) for i in selected.tolist()))
+def _sorted(selected) -> tuple[int, ...]:
+    return tuple(sorted(int(i) for i in (selected.tolist() if torch.is_tensor(selected) else selected)))
 
 
 def _penalty(layers, flops, goal, opts, progress) -> tuple[list[LayerChoice], float]:
@@ -75,9 +80,76 @@ def _penalty(layers, flops, goal, opts, progress) -> tuple[list[LayerChoice], fl
         alpha0 = 0.1 * tops[len(tops) // 2] or 1e-6
     # hundreds of solves, some at tiny penalties: one convergence warning at most, not one per solve
     with collect_convergence_warnings():
-        alpha = search.run(goal, opts.tolerance, float(alpha0), progress)
+        alpha, reached = search.run(goal, opts.tolerance, float(alpha0), progress)
         sols, _ = search.solve(alpha, tol=LASSO_TOL)
-    return [LayerChoice(_sorted(sel), used) for used, _, sel in sols], alpha
+    choices = [LayerChoice(_sorted(sel), used) for used, _, sel in sols]
+    if not reached:
+        logger.info("the least-penalised HSIC Lasso keeps too few channels; ranking on beyond it")
+        choices = _beyond_the_lasso(problems, choices, flops, goal, opts)
+    return choices, alpha
+
+
+def _normalised(scores: torch.Tensor) -> torch.Tensor:
+    """Scores as float64 on the CPU, divided by the layer's mean |score| (layers' scores differ in scale)."""
+    s = scores.detach().double().cpu()
+    mean = s.abs().mean()
+    return s / mean if mean > 0 else s
+
+
+def _beyond_the_lasso(problems, floor: list[LayerChoice], flops, goal, opts) -> list[LayerChoice]:
+    """Channels for a target the paper's rule cannot reach: even the least-penalised Lasso keeps too few
+    (the non-negative Lasso's solutions stay sparse whatever the penalty). Every layer keeps its
+    least-penalised selection `floor`; its other channels join one global ranking, in two tiers:
+    1. "path": channels that enter the layer's exact regularization path (`lasso_knots`, down to a zero
+       penalty) without being in `floor`, by the penalty at which they first enter — the scale the
+       global search compares layers on, so this continues the paper's rule down the exact path;
+    2. "relevance": channels that never enter it, by their HSIC with Y (b_k) normalised per layer,
+       as the "threshold" allocation ranks scores.
+    The number of ranked channels taken is bisected to the FLOPs target; each layer reports the last
+    tier it drew from."""
+    tiers, keys, owner, candidates = [], [], [], []
+    for i, (p, choice) in enumerate(zip(problems, floor, strict=True)):
+        entry = path_entry(p, opts.positive)
+        relevance = _normalised(p.hsic)
+        rest = torch.ones(p.num_channels, dtype=torch.bool)
+        rest[list(choice.kept)] = False
+        on_path, off_path = rest & torch.isfinite(entry), rest & ~torch.isfinite(entry)
+        local = torch.cat(
+            [
+                on_path.nonzero().flatten()[torch.argsort(entry[on_path], descending=True, stable=True)],
+                off_path.nonzero().flatten()[
+                    torch.argsort(relevance[off_path], descending=True, stable=True)
+                ],
+            ]
+        )
+        candidates.append((local.tolist(), int(on_path.sum())))
+        tiers.append((~torch.isfinite(entry[local])).long())  # 0: path, 1: relevance
+        keys.append(torch.where(torch.isfinite(entry[local]), entry[local], relevance[local]))
+        owner.append(torch.full((local.numel(),), i))
+    tier, key, owner = torch.cat(tiers), torch.cat(keys), torch.cat(owner)
+    by_key = torch.argsort(key, descending=True, stable=True)
+    order = owner[by_key][torch.argsort(tier[by_key], stable=True)]
+    base = [len(c.kept) for c in floor]
+    counts = _rank_counts(order, base, flops, goal, opts.tolerance, "the ranking beyond the Lasso")
+    out = []
+    for choice, (cand, n_path), k, b in zip(floor, candidates, counts, base, strict=True):
+        added = k - b
+        rule = "lasso" if added == 0 else "path" if added <= n_path else "relevance"
+        out.append(LayerChoice(_sorted([*choice.kept, *cand[:added]]), choice.alpha, rule))
+    return out
+
+
+def path_entry(problem: HSICLassoProblem, positive: bool) -> torch.Tensor:
+    """(C,) float64: for each channel the largest penalty at which it is non-zero on the layer's exact
+    regularization path (down to a zero penalty), -inf for channels that never enter it."""
+    q, b, n_rows = problem.statistics()
+    alphas, coefs, _ = lasso_knots(q, b, n_rows, positive=positive)
+    nonzero = (coefs != 0).cpu()
+    entered = nonzero.any(0)
+    # coefs[k] is the solution at knot k: a channel first non-zero at knot k joined at knot k - 1
+    first = nonzero.double().argmax(0).clamp_min(1)
+    entry = alphas.double().cpu()[first - 1]
+    return torch.where(entered, entry, torch.full_like(entry, -math.inf))
 
 
 def _uniform_ratio(groups, flops: FlopsModel, omega: int, target: float, tolerance: float) -> list[int]:
@@ -107,23 +179,29 @@ def _uniform_ratio(groups, flops: FlopsModel, omega: int, target: float, toleran
 
 def _global_threshold(scores, groups, flops: FlopsModel, omega: int, target: float, tolerance: float):
     """Channels kept per group under one threshold on the scores normalised by each layer's mean score
-    (layers' scores live on different scales), bisected over the global ranking until the FLOPs are
-    within tolerance; every layer keeps at least omega."""
+    (layers' scores live on different scales): each layer keeps its omega best channels, and the others
+    join one global ranking whose cut is bisected until the FLOPs are within tolerance."""
     floors = [min(omega, g.channels) for g in groups]
     normed, owner = [], []
-    for i, s in enumerate(scores):
-        s = s.detach().double().cpu()
-        mean = s.abs().mean()
-        normed.append(s / mean if mean > 0 else s)
-        owner.append(torch.full((s.numel(),), i))
-    # stable: equal normalised scores keep the layer order, and within a layer the index order
+    for i, (s, f) in enumerate(zip(scores, floors, strict=True)):
+        rest = torch.sort(_normalised(s), descending=True, stable=True).values[f:]
+        normed.append(rest)
+        owner.append(torch.full((rest.numel(),), i))
+    # stable: equal normalised scores keep the layer order
     order = torch.cat(owner)[torch.argsort(torch.cat(normed), descending=True, stable=True)]
+    return _rank_counts(order, floors, flops, target, tolerance, "global threshold")
+
+
+def _rank_counts(order: torch.Tensor, base: list[int], flops, target: float, tolerance: float, what: str):
+    """Channels per layer: base[l] plus layer l's channels among the first k of one global ranking
+    (`order` holds the layer of each ranked channel, best first), with k bisected until the FLOPs are
+    within tolerance of the target; else the closest below it, with a warning."""
 
     def kept(k: int) -> list[int]:
-        counts = torch.bincount(order[:k], minlength=len(groups)).tolist()
-        return [max(f, c) for f, c in zip(floors, counts, strict=True)]
+        extra = torch.bincount(order[:k], minlength=len(base)).tolist()
+        return [b + e for b, e in zip(base, extra, strict=True)]
 
-    lo, hi = 0, order.numel()  # FLOPs grow with k, the number of top-ranked channels kept
+    lo, hi = 0, order.numel()  # FLOPs grow with k
     best = kept(lo)
     while lo <= hi:
         mid = (lo + hi) // 2
@@ -136,7 +214,7 @@ def _global_threshold(scores, groups, flops: FlopsModel, omega: int, target: flo
         else:
             lo, best = mid + 1, counts
     logger.warning(
-        "no global threshold puts FLOPs within %.3g of the target; taking the closest below", tolerance
+        "no cut of the %s puts FLOPs within %.3g of the target; taking the closest below", what, tolerance
     )
     return best
 
@@ -170,7 +248,9 @@ class PenaltySearch:
         sols = self.cache[alpha]
         return sols, self.flops([len(s[2]) for s in sols])
 
-    def run(self, target: float, tolerance: float, alpha0: float, progress: bool) -> float:
+    def run(self, target: float, tolerance: float, alpha0: float, progress: bool) -> tuple[float, bool]:
+        """(the penalty found, True), or (the least penalty tried, False) when even near-zero penalties
+        keep too few channels for the target."""
         lo_ok, hi_ok = target * (1 - tolerance), target * (1 + tolerance)
         bar = tqdm(desc="search", unit="step", disable=not progress)
 
@@ -184,7 +264,7 @@ class PenaltySearch:
         f = step(a)
         if lo_ok <= f <= hi_ok:
             bar.close()
-            return a
+            return a, True
         # Bracket: `small` keeps too many channels (FLOPs above target), `big` too few.
         small = big = None
         for _ in range(_MAX_DOUBLINGS):
@@ -195,21 +275,12 @@ class PenaltySearch:
             if small is not None and big is not None:
                 break
             if small is None and a < self.alpha_floor:
-                bar.close()
-                sols, _ = self.solve(big)
-                kept = sum(len(sel) for _, _, sel in sols)
-                total = sum(p.num_channels for p in self.problems)
-                raise ValueError(
-                    f"the FLOPs target {target:.4g} is not reachable from below: even the least-penalised "
-                    f"HSIC Lasso keeps only {kept} of {total} channels ({f:.4g} FLOPs, "
-                    f"{100 * (1 - f / target):.1f}% under the target). The Lasso keeps at most about n²/2 "
-                    "channels per layer for n calibration images, fewer with positive=True: calibrate with "
-                    "more images (calib_size), use positive=False, or ask for a larger reduction"
-                )
+                bar.close()  # even the least-penalised Lasso keeps too few channels
+                return big, False
             f = step(a)
             if lo_ok <= f <= hi_ok:
                 bar.close()
-                return a
+                return a, True
         else:
             bar.close()
             raise RuntimeError(
@@ -222,7 +293,7 @@ class PenaltySearch:
             f = step(a)
             if lo_ok <= f <= hi_ok:
                 bar.close()
-                return a
+                return a, True
             small, big = (a, big) if f > hi_ok else (small, a)
         bar.close()
         logger.warning(
@@ -230,4 +301,4 @@ class PenaltySearch:
             "taking the closest penalty below the target's upper bound",
             tolerance,
         )
-        return big
+        return big, True

@@ -29,13 +29,15 @@ from apib_kernels._validation import check_number
 
 @dataclass(frozen=True)
 class LayerDecision:
-    """The channels kept in one prunable group: indices into its original channels, ascending."""
+    """The channels kept in one prunable group: indices into its original channels, ascending; the
+    penalty its Lasso was solved at (APIB), and the rule that chose them (see `apib.allocation`)."""
 
     producer: str
     consumer: str
     channels: int
     kept: tuple[int, ...]
     alpha: float | None
+    rule: str = "lasso"
 
     @property
     def n_kept(self) -> int:
@@ -83,6 +85,7 @@ class PruneResult:
                     "channels": d.channels,
                     "kept": d.n_kept,
                     "alpha": d.alpha,
+                    "rule": d.rule,
                 }
                 for d in self.layers
             ],
@@ -211,7 +214,7 @@ def prune(
     t0 = time.perf_counter()
     choices, alpha = allocate(layers, groups, flops_of, goal, opts, progress)
     decisions = [
-        LayerDecision(g.producer, g.consumer, g.channels, c.kept, c.alpha)
+        LayerDecision(g.producer, g.consumer, g.channels, c.kept, c.alpha, c.rule)
         for g, c in zip(groups, choices, strict=True)
     ]
     timings["search"] = time.perf_counter() - t0

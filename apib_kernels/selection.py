@@ -353,7 +353,12 @@ class HSICLassoProblem:
     def __init__(self, q: torch.Tensor, b: torch.Tensor, n_rows: float, positive: bool = True):
         self.hsic = b
         self.positive = bool(positive)
+        self._q, self._n_rows = q, n_rows
         self._solver = _Solver(q, b, n_rows, self.positive)
+
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(Q, b, n_rows): the Gram-form statistics this problem solves, e.g. for `lasso_knots`."""
+        return self._q, self.hsic, self._n_rows
 
     @classmethod
     def from_data(

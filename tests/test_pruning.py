@@ -353,8 +353,10 @@ def test_faithful_and_fast_hrank_choose_the_same_channels():
 
 def test_mobilenet_prunes_end_to_end_and_keeps_its_residual_streams():
     model = torchvision.models.mobilenet_v2(num_classes=10).eval()
-    with pytest.raises(ValueError, match="more images"):  # 8 images: at most ~28 channels per layer
-        prune(model, _batches(1, 8, size=64), flops_reduction=0.3, tolerance=0.05, progress=False)
+    # 8 images: the Lasso keeps at most ~28 channels per layer, so 30% is reached beyond its rule
+    few = prune(model, _batches(1, 8, size=64), flops_reduction=0.3, tolerance=0.05, progress=False)
+    assert abs(few.flops_after - few.flops_target) <= 0.05 * few.flops_target
+    assert any(d.rule in ("path", "relevance") for d in few.layers)
     # random weights: the non-negative Lasso keeps few of the wide expansion channels, so prune deep
     r = prune(model, _batches(2, 32, size=64), flops_reduction=0.7, tolerance=0.05, progress=False)
     assert abs(r.flops_after - r.flops_target) <= 0.05 * r.flops_target
