@@ -21,10 +21,13 @@ def inputs_of(batch):
 
 
 @torch.no_grad()
-def calibrate(model, loader, sinks: dict, calib_size: int | None, device, progress, desc="calibration"):
+def calibrate(
+    model, loader, sinks: dict, calib_size: int | None, device, progress, desc="calibration", after_batch=None
+):
     """Runs the calibration images through `model`; for every batch, sinks[name](input, output) receives
-    that module's input and output on the device. Returns the class labels (n,), or None when the
-    loader yields bare images."""
+    that module's input and output on the device, then after_batch(labels) (if given) the batch's labels
+    on the device (None for bare images). Returns the class labels (n,), or None when the loader yields
+    bare images."""
 
     def hook(sink):
         def call(_module, args, out) -> None:  # returns None: the output passes on unchanged
@@ -44,8 +47,11 @@ def calibrate(model, loader, sinks: dict, calib_size: int | None, device, progre
             check_images(images, i, size)
             size = images.shape[1:]
             model(images.to(device))
+            y = None if y is None else y.to(device)
             if y is not None:
-                labels.append(y.to(device))
+                labels.append(y)
+            if after_batch is not None:
+                after_batch(y)
             seen += images.shape[0]
             bar.update(images.shape[0])
             if calib_size is not None and seen >= calib_size:

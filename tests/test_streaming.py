@@ -1,0 +1,97 @@
+"""Block-streamed calibration statistics, in one process and summed across a gloo process group."""
+
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import apib_kernels as ak
+from apib.streaming import StreamingStatistics
+
+
+def _reduce(block, labels):
+    x, out = block["layer"]
+    return [ak.HSICLassoProblem.from_data(x, out.flatten(1) if labels is None else labels).statistics()]
+
+
+def _data(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, 3, 3, generator=g, dtype=torch.float64), torch.randn(
+        n, 4, generator=g, dtype=torch.float64
+    )
+
+
+def _stream(x, out, block_size, batch, labels=None):
+    stream = StreamingStatistics(["layer"], block_size, _reduce, labels=labels is not None)
+    sink = stream.sink("layer")
+    for s in range(0, x.shape[0], batch):
+        sink(x[s : s + batch], out[s : s + batch])
+        stream.end_batch(None if labels is None else labels[s : s + batch])
+    return stream, stream.statistics()
+
+
+@pytest.mark.parametrize("labels", [False, True], ids=["output", "labels"])
+def test_one_block_is_exactly_the_statistics_of_all_images(labels):
+    x, out = _data(40)
+    y = torch.arange(40) % 3 if labels else None
+    _, [(q, b, n_rows)] = _stream(x, out, 64, 7, y)
+    q0, b0, n0 = ak.HSICLassoProblem.from_data(x, y if labels else out.flatten(1)).statistics()
+    assert torch.equal(q, q0) and torch.equal(b, b0) and n_rows == n0 == 40 * 40
+
+
+def test_blocks_sum_and_memory_stays_bounded():
+    x, out = _data(103)
+    stream, [(q, b, n_rows)] = _stream(x, out, 16, 5)
+    blocks = [(s, min(s + 16, 103)) for s in range(0, 103, 16)]
+    parts = [ak.HSICLassoProblem.from_data(x[s:e], out[s:e].flatten(1)).statistics() for s, e in blocks]
+    torch.testing.assert_close(q, sum(p[0] for p in parts), rtol=1e-12, atol=0)
+    torch.testing.assert_close(b, sum(p[1] for p in parts), rtol=1e-12, atol=0)
+    assert n_rows == 6 * 16 * 16 + 7 * 7 and stream.images == 103
+    assert stream.peak_buffered < 16 + 5  # never more than one block and one batch
+
+
+def _rank(rank, world, init, x, out, per_rank, block, results, mode):
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    try:
+        n = per_rank - (8 if mode == "uneven" and rank == 1 else 0)
+        if mode == "empty" and rank == 1:
+            n = 0
+        shard = slice(rank * per_rank, rank * per_rank + n)
+        stream = StreamingStatistics(["layer"], block, _reduce)
+        if mode == "model" and rank == 1:
+            x = x[:, :4]
+        for s in range(shard.start, shard.stop, block):
+            e = min(s + block, shard.stop)
+            stream.sink("layer")(x[s:e], out[s:e])
+            stream.end_batch(None)
+        try:
+            results[rank] = stream.statistics()
+        except ValueError as err:
+            results[rank] = str(err)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["even", "uneven", "empty", "model"])
+def test_two_processes_give_the_statistics_of_one(tmp_path, mode):
+    x, out = _data(64)
+    results = mp.Manager().dict()
+    mp.spawn(_rank, args=(2, tmp_path / "init", x, out, 32, 16, results, mode), nprocs=2, join=True)
+    if mode != "even":
+        messages = {"uneven": "different numbers of images", "empty": "no image", "model": "different models"}
+        assert all(messages[mode] in results[r] for r in range(2)), dict(results)
+        return
+    _, [(q, b, n_rows)] = _stream(x, out, 16, 16)
+    for r in range(2):
+        [(qr, br, nr)] = results[r]
+        torch.testing.assert_close(qr, q, rtol=1e-12, atol=0)
+        torch.testing.assert_close(br, b, rtol=1e-12, atol=0)
+        assert nr == n_rows
+    assert torch.equal(results[0][0][0], results[1][0][0])  # every rank holds the same problem
+
+
+def test_labels_are_required_for_a_labels_target():
+    stream = StreamingStatistics(["layer"], 8, _reduce, labels=True)
+    with pytest.raises(ValueError, match="target='labels'"):
+        stream.end_batch(None)
