@@ -31,6 +31,7 @@ class PruneOptions:
     target: str = "output"
     mode: str = "fast"
     seed: int = 0
+    prune_residual: bool = False
     backend: str | None = None
 
     def __post_init__(self):
@@ -56,3 +57,5 @@ class PruneOptions:
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         check_mode(self.mode)
+        if not isinstance(self.prune_residual, bool):
+            raise ValueError(f"prune_residual must be True or False, got {self.prune_residual!r}")

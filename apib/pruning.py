@@ -29,15 +29,20 @@ from apib_kernels._validation import check_number
 
 @dataclass(frozen=True)
 class LayerDecision:
-    """The channels kept in one prunable group: indices into its original channels, ascending; the
-    penalty its Lasso was solved at (APIB), and the rule that chose them (see `apib.allocation`)."""
+    """The channels kept in one prunable group: indices into its producer's original output channels,
+    ascending; the layers that read them (`consumer`: the first); the penalty its Lasso was solved at
+    (APIB), and the rule that chose them (see `apib.allocation`)."""
 
     producer: str
-    consumer: str
+    consumers: tuple[str, ...]
     channels: int
     kept: tuple[int, ...]
     alpha: float | None
     rule: str = "lasso"
+
+    @property
+    def consumer(self) -> str:
+        return self.consumers[0]
 
     @property
     def n_kept(self) -> int:
@@ -82,6 +87,7 @@ class PruneResult:
                 {
                     "name": d.producer,
                     "consumer": d.consumer,
+                    "consumers": list(d.consumers),
                     "channels": d.channels,
                     "kept": d.n_kept,
                     "alpha": d.alpha,
@@ -136,6 +142,7 @@ def prune(
     target: str = "output",
     mode: str = "fast",
     seed: int = 0,
+    prune_residual: bool = False,
     example_input: torch.Tensor | None = None,
     device=None,
     backend: str | None = None,
@@ -165,6 +172,9 @@ def prune(
         'labels' (the calibration images' class labels, delta kernel).
     mode: for 'hrank' and 'chip', 'fast' (batched) or 'faithful' (the published loops; same scores).
     seed: for 'random'.
+    prune_residual: also prune residual streams — channels summed by residual adds, and those read by
+        both branches of a residual block — scored over all their consumers (beyond the paper, whose
+        policy leaves them alone; see `apib.groups`). Off by default.
     device: where calibration and statistics run (default: the model's device).
     Raises ValueError for bad arguments, and when the target is unreachable even keeping `omega`
     channels per layer (the message gives the smallest reachable FLOPs).
@@ -181,6 +191,7 @@ def prune(
         target=target,
         mode=mode,
         seed=seed,
+        prune_residual=prune_residual,
         backend=backend,
     )
     if not isinstance(model, nn.Module):
@@ -194,9 +205,12 @@ def prune(
     model = copy.deepcopy(model).to(device).eval()
     x0 = trace_input(calib_loader, example_input, device)
     dg = dependency_graph(model, x0)
-    groups = find_groups(model, dg)
+    groups = find_groups(model, dg, prune_residual=opts.prune_residual)
     if not groups:
-        raise ValueError(f"{type(model).__name__} has no prunable channel group (see apib.groups)")
+        hint = ""
+        if not opts.prune_residual and find_groups(model, dg, prune_residual=True):
+            hint = " outside its residual streams; prune_residual=True prunes those too"
+        raise ValueError(f"{type(model).__name__} has no prunable channel group{hint} (see apib.groups)")
     flops_before, per_module = count_flops(model, x0)
     params_before = count_params(model)
     flops_of = FlopsModel(groups, flops_before, per_module)
@@ -214,7 +228,7 @@ def prune(
     t0 = time.perf_counter()
     choices, alpha = allocate(layers, groups, flops_of, goal, opts, progress)
     decisions = [
-        LayerDecision(g.producer, g.consumer, g.channels, c.kept, c.alpha, c.rule)
+        LayerDecision(g.producer, g.consumers, g.width, g.kept_channels(c.kept), c.alpha, c.rule)
         for g, c in zip(groups, choices, strict=True)
     ]
     timings["search"] = time.perf_counter() - t0
@@ -223,7 +237,7 @@ def prune(
     for g, d in zip(groups, decisions, strict=True):
         prune_group(model, dg, g, d.kept)
     flops_after, _ = count_flops(model, x0)
-    model.apib_pruning = _config(decisions, tuple(x0.shape))
+    model.apib_pruning = _config(decisions, tuple(x0.shape), opts.prune_residual)
     timings["surgery"] = time.perf_counter() - t0
     return PruneResult(
         model=model,
@@ -241,12 +255,17 @@ def prune(
     )
 
 
-def _config(decisions: list[LayerDecision], input_shape) -> dict:
-    """What a pruned model records about its surgery, so that `load_pruned` can repeat it."""
-    return {
+def _config(decisions: list[LayerDecision], input_shape, prune_residual: bool) -> dict:
+    """What a pruned model records about its surgery, so that `load_pruned` can repeat it: the kept
+    channels per group producer, and whether residual streams were groups (recorded only when they were,
+    so that files of the paper's policy keep their format)."""
+    config = {
         "input_shape": list(input_shape),
         "kept": {d.producer: list(d.kept) for d in decisions},
     }
+    if prune_residual:
+        config["prune_residual"] = True
+    return config
 
 
 def apply_pruning(model: nn.Module, config: dict) -> nn.Module:
@@ -254,12 +273,19 @@ def apply_pruning(model: nn.Module, config: dict) -> nn.Module:
     of the same architecture, in place. Returns the model."""
     x0 = torch.zeros(config["input_shape"], device=next(model.parameters()).device)
     dg = dependency_graph(model.eval(), x0)
-    groups = {g.producer: g for g in find_groups(model, dg)}
+    residual = config.get("prune_residual", False)
+    if not isinstance(residual, bool):
+        raise ValueError(
+            f"the pruning configuration's prune_residual must be true or false, got {residual!r}"
+        )
+    groups = {g.producer: g for g in find_groups(model, dg, prune_residual=residual)}
     for name, kept in config["kept"].items():
         if name not in groups:
             raise ValueError(
                 f"the pruning configuration names layer {name!r}, which is not prunable in this model"
             )
+        groups[name].check_kept(kept)
+    for name, kept in config["kept"].items():
         prune_group(model, dg, groups[name], kept)
     model.apib_pruning = config
     return model

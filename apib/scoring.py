@@ -1,34 +1,52 @@
 """Scoring: what each prunable group's channels are worth, before any decision about how many to keep.
 
-"apib" calibrates once and builds each group's HSIC Lasso problem (the Gram-form statistics of its
-consumer's input X against the consumer's output, or the labels, Y); its channel scores are the
-relevances b_k = <K̄_k, L̄> (each channel's unnormalised HSIC with Y). The baselines of `apib.criteria`
-score from the weights (L1, FPGM), the feature maps (HRank, CHIP) or nothing (random).
+"apib" calibrates once and builds each group's HSIC Lasso problem: the Gram-form statistics of its
+consumer's input X (the group's channels) against that consumer's output, or the labels, Y. Its channel
+scores are the relevances b_k = <K̄_k, L̄> (each channel's unnormalised HSIC with Y). The baselines of
+`apib.criteria` score from the weights (L1, FPGM), the feature maps (HRank, CHIP) or nothing (random).
+
+Groups beyond the paper's (see `apib.groups`) score what the allocation chooses among, the group's
+units, from all the layers that write or read them:
+- a unit carried by several channels of a layer (channels tied by a grouped convolution, a channel
+  duplicated by a concatenation as in GhostNet) is one feature for the HSIC Lasso: the kernel sees its
+  channels' maps side by side (a unit with fewer channels than another is padded with zeros, which
+  leaves its kernel distances as they are); baseline scores are averaged over its channels;
+- a group read by several consumers (a squeeze-excitation gate and the projection after it, a fire
+  module's two expand convolutions, the branches of an inception module, the layers along a residual
+  stream) takes the mean of the consumers' statistics Q and b. That is the HSIC Lasso of all the
+  consumers' designs stacked, one coefficient per unit shared by every consumer: a unit is kept if it
+  helps explain the consumers' outputs together, and each consumer weighs the same whatever its size.
+  Baseline scores are averaged over the consumers (feature maps) or producers (weights), each scaled
+  by its mean first, as the layers' scales differ.
 """
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from apib.calibration import calibrate
 from apib.criteria import CRITERIA
+from apib.groups import Member, PrunableGroup
 from apib.options import PruneOptions
-from apib_kernels import HSICLassoProblem
+from apib_kernels import HSICLassoProblem, hsic_matrix
 from apib_kernels.selection import _sync
 
 
 @dataclass(frozen=True)
 class LayerScores:
-    """One group's channel scores (C,), higher = more important, and for "apib" its HSIC Lasso problem."""
+    """One group's unit scores (its `channels`,), higher = more important, and for "apib" its HSIC
+    Lasso problem."""
 
     scores: torch.Tensor
     problem: HSICLassoProblem | None = None
 
 
 def score(model, loader, groups, opts: PruneOptions, device, progress, timings: dict) -> list[LayerScores]:
-    """Scores every group's channels with `opts.criterion`; the seconds of each phase go to `timings`."""
+    """Scores every group's units with `opts.criterion`; the seconds of each phase go to `timings`."""
     if opts.criterion == "apib":
         problems = _hsic_problems(model, loader, groups, opts, device, progress, timings)
         return [LayerScores(p.hsic, p) for p in problems]
@@ -39,10 +57,76 @@ def score(model, loader, groups, opts: PruneOptions, device, progress, timings: 
     return [LayerScores(s) for s in scores]
 
 
+def _channels_first(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A consumer's input with its channels in dim 1: a linear layer reads them in the last dim (as in
+    ConvNeXt's (n, H, W, C) blocks)."""
+    return x.movedim(-1, 1) if isinstance(module, nn.Linear) else x
+
+
+def _is_identity(member: Member, units: int) -> bool:
+    return member.units == tuple(range(units))
+
+
+def unit_features(x: torch.Tensor, member: Member, units: int) -> torch.Tensor:
+    """x: (n, C, *spatial) a consumer's input. Returns the group's units as channels: x itself when the
+    consumer reads exactly the group's units in order (the paper's groups), else (n, units, m·D), each
+    unit's m channels (D = prod(spatial)) side by side, zero-padded."""
+    if _is_identity(member, units):
+        return x
+    slots = member.slots(units).to(x.device)
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    padded = torch.cat([flat, flat.new_zeros(n, 1, flat.shape[2])], 1)
+    index = torch.where(slots < 0, c, slots).flatten()
+    return padded[:, index].reshape(n, units, -1)
+
+
+def unit_scores(scores: torch.Tensor, member: Member, units: int) -> torch.Tensor:
+    """(C,) scores of a layer's channels -> (units,): the mean over each unit's channels, NaN for units
+    the layer does not carry."""
+    if _is_identity(member, units):
+        return scores
+    owner = torch.tensor(member.units, device=scores.device)
+    mask = owner >= 0
+    total = scores.new_zeros(units).index_add_(0, owner[mask], scores[mask])
+    count = torch.bincount(owner[mask], minlength=units).to(total)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.nan)
+
+
+def _mean_of_scaled(scores: list[torch.Tensor]) -> torch.Tensor:
+    """One layer's scores as they are; several layers' scores, each divided by its mean |score|, averaged
+    (over the layers that carry each unit; a unit none carries scores 0)."""
+    if len(scores) == 1 and not scores[0].isnan().any():
+        return scores[0]
+    scaled = [s / m if (m := s.abs().nanmean()) > 0 else s for s in scores]
+    return torch.stack(scaled).nanmean(0).nan_to_num(0.0)
+
+
+def group_problem(pairs, opts: PruneOptions) -> HSICLassoProblem:
+    """The HSIC Lasso of one group from its consumers' (X (n, units, ...), Y) pairs: one consumer's
+    statistics, or the mean of several consumers' Q and b (the stacked designs, see the module's
+    docstring), with units constant over the calibration images zeroed as `HSICLassoProblem` does."""
+    kw = dict(kernel=opts.kernel, backend=opts.backend)
+    if len(pairs) == 1:
+        x, y = pairs[0]
+        return HSICLassoProblem.from_data(x, y, positive=opts.positive, **kw)
+    q = b = None
+    for x, y in pairs:
+        qi, bi, _ = hsic_matrix(x, y, **kw)
+        qi, bi = qi.double(), bi.double()
+        const = (x == x[:1]).reshape(x.shape[0], x.shape[1], -1).all(2).all(0)
+        qi[const, :], qi[:, const], bi[const] = 0, 0, 0
+        q, b = (qi, bi) if q is None else (q + qi, b + bi)
+    n = pairs[0][0].shape[0]
+    return HSICLassoProblem(q / len(pairs), b / len(pairs), n * n, positive=opts.positive)
+
+
 def _hsic_problems(model, loader, groups, opts, device, progress, timings) -> list[HSICLassoProblem]:
-    """One HSIC Lasso problem per group, from its consumer's input X and output (or the labels) Y."""
+    """One HSIC Lasso problem per group, from its consumers' inputs X and outputs (or the labels) Y.
+    Each consumer is recorded once, however many groups it reads, and freed after its last group."""
     t0 = time.perf_counter()
-    store = {g.consumer: ([], []) for g in groups}
+    uses = Counter(name for g in groups for name in g.consumers)
+    store = {name: ([], []) for name in uses}
     sinks = {
         name: (lambda x, out, xs=xs, ys=ys: (xs.append(x), ys.append(out)))
         for name, (xs, ys) in store.items()
@@ -53,39 +137,70 @@ def _hsic_problems(model, loader, groups, opts, device, progress, timings) -> li
     _sync(device)
     timings["calibration"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    ready = {}
+
+    def take(name):
+        if name not in ready:
+            xs, ys = store.pop(name)
+            ready[name] = (_channels_first(model.get_submodule(name), torch.cat(xs)), torch.cat(ys))
+            del xs[:], ys[:]
+        uses[name] -= 1
+        return ready.pop(name) if uses[name] == 0 else ready[name]
+
     problems = []
     for g in tqdm(groups, desc="statistics", unit="layer", disable=not progress):
-        xs, ys = store.pop(g.consumer)
-        x, out = torch.cat(xs), torch.cat(ys)
-        del xs[:], ys[:]
-        y = labels if opts.target == "labels" else out.flatten(1)
-        problems.append(
-            HSICLassoProblem.from_data(x, y, positive=opts.positive, kernel=opts.kernel, backend=opts.backend)
-        )
-        del x, out, y
+        pairs = []
+        for member in g.readers:
+            x, out = take(member.name)
+            y = labels if opts.target == "labels" else out.flatten(1)
+            pairs.append((unit_features(x, member, g.channels), y))
+        problems.append(group_problem(pairs, opts))
+        del pairs
     _sync(device)
     timings["statistics"] = time.perf_counter() - t0
     return problems
 
 
-def _criterion_scores(model, loader, groups, opts, device, progress) -> list[torch.Tensor]:
-    """(C,) importance scores per group from a baseline criterion (see apib.criteria). Feature-map
-    criteria read the consumer's input, batch by batch; in faithful mode the calibration forward pass
-    is re-run for every layer, as HRank's and CHIP's published code does."""
+def _criterion_scores(
+    model, loader, groups: list[PrunableGroup], opts, device, progress
+) -> list[torch.Tensor]:
+    """(units,) importance scores per group from a baseline criterion (see apib.criteria). Weight
+    criteria read the producers' filters; feature-map criteria read each consumer's input, batch by
+    batch, once however many groups it reads. In faithful mode the calibration forward pass is re-run
+    for every group, as HRank's and CHIP's published code does for every layer."""
     spec = CRITERIA[opts.criterion]
     if spec.needs == "weight":
-        return [spec.fn(model.get_submodule(g.producer).weight.detach()) for g in groups]
+        return [
+            _mean_of_scaled(
+                [
+                    unit_scores(spec.fn(model.get_submodule(w.name).weight.detach()), w, g.channels)
+                    for w in g.writers
+                ]
+            )
+            for g in groups
+        ]
     if spec.needs == "none":
         return [spec.fn(g.channels, seed=opts.seed + i) for i, g in enumerate(groups)]
-    accs = {g.consumer: spec.accumulator(mode=opts.mode) for g in groups}
+    accs = {name: spec.accumulator(mode=opts.mode) for g in groups for name in g.consumers}
+
+    def sink(name):
+        module, acc = model.get_submodule(name), accs[name]
+        return lambda x, _out: acc.update(_feature_maps(_channels_first(module, x)))
+
     if opts.mode == "faithful":
+        done = set()
         for g in groups:
-            acc = accs[g.consumer]
-            sink = {g.consumer: lambda x, _out, acc=acc: acc.update(x)}
-            calibrate(
-                model, loader, sink, opts.calib_size, device, progress, desc=f"{opts.criterion} {g.producer}"
-            )
+            todo = {name: sink(name) for name in g.consumers if name not in done}
+            if todo:
+                desc = f"{opts.criterion} {g.producer}"
+                calibrate(model, loader, todo, opts.calib_size, device, progress, desc=desc)
+                done.update(todo)
     else:
-        sinks = {name: (lambda x, _out, acc=acc: acc.update(x)) for name, acc in accs.items()}
-        calibrate(model, loader, sinks, opts.calib_size, device, progress)
-    return [accs[g.consumer].scores() for g in groups]
+        calibrate(model, loader, {name: sink(name) for name in accs}, opts.calib_size, device, progress)
+    scores = {name: acc.scores() for name, acc in accs.items()}
+    return [_mean_of_scaled([unit_scores(scores[m.name], m, g.channels) for m in g.readers]) for g in groups]
+
+
+def _feature_maps(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) maps for the feature-map criteria: a (N, C, L) input of a pointwise layer as L×1."""
+    return x.unsqueeze(-1) if x.dim() == 3 else x

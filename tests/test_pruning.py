@@ -1,5 +1,6 @@
 """The APIB pipeline: prunable groups, the FLOPs model, the global search, surgery, save/load."""
 
+import copy
 import logging
 import random
 
@@ -12,7 +13,7 @@ import apib_kernels as ak
 from apib.checkpoint import load_pruned, save_pruned
 from apib.groups import FlopsModel, count_flops, dependency_graph, find_groups, prune_group
 from apib.models import get_model
-from apib.pruning import prune
+from apib.pruning import apply_pruning, prune
 
 
 def _batches(n_batches=2, batch=16, size=32, classes=10, seed=0):
@@ -67,9 +68,38 @@ def _reference_policy(name, model):
 )
 def test_groups_reproduce_the_reference_policy(name, size, count):
     model = get_model(name, num_classes=10)
-    found = [(g.producer, g.consumer) for g in _groups(model, size)]
-    assert found == _reference_policy(name, model)
+    groups = _groups(model, size)
+    if name == "googlenet":  # beyond the reference: the stem and the concatenated branch outputs
+        groups = [g for g in groups if g.producer not in _googlenet_concatenated(model)]
+    found = [(g.producer, g.consumers) for g in groups]
+    assert found == [(p, (c,)) for p, c in _reference_policy(name, model)]
     assert len(found) == count
+    assert all(g.channels == g.width and not g.residual for g in groups)
+
+
+def _inception_modules(model):
+    return [n for n, m in model.named_modules() if hasattr(m, "b1")]
+
+
+def _googlenet_concatenated(model) -> dict[str, set[str]]:
+    """GoogLeNet's groups beyond the reference: the stem, read by the first module's four branches, and
+    every branch output of a module but the last, read by the next module's four branches through the
+    concatenation (the last module's outputs reach the classifier head)."""
+    modules = _inception_modules(model)
+
+    def branches(m):
+        return {f"{m}.b1.0", f"{m}.b2.0", f"{m}.b3.0", f"{m}.b4.1"}
+
+    found = {"pre_layers.0": branches(modules[0])}
+    for m, nxt in zip(modules[:-1], modules[1:], strict=True):
+        found.update({f"{m}.{b}": branches(nxt) for b in ("b1.0", "b2.3", "b3.6", "b4.1")})
+    return found
+
+
+def test_googlenet_also_prunes_the_stem_and_the_concatenated_branch_outputs():
+    model = get_model("googlenet", num_classes=10)
+    beyond = {g.producer: set(g.consumers) for g in _groups(model) if len(g.consumers) > 1}
+    assert beyond == _googlenet_concatenated(model)
 
 
 def test_resnet18_groups_are_the_inner_block_channels():
@@ -91,13 +121,19 @@ def test_mobilenet_groups_avoid_residual_streams():
             assert f"features.{i}.conv.0.0" in producers
 
 
-def test_densenet_groups_avoid_concatenated_streams():
+def test_densenet_concatenated_features_are_groups_read_by_every_later_layer():
     model = torchvision.models.densenet121(num_classes=10)
-    groups = _groups(model, 64)
-    assert groups and all(g.producer.endswith("conv1") and g.consumer.endswith("conv2") for g in groups)
-    assert len(groups) == sum(
-        1 for n, _ in model.named_modules() if n.split(".")[-1].startswith("denselayer")
-    )
+    groups = {g.producer: g.consumers for g in _groups(model, 64)}
+    blocks = [n for n, _ in model.named_modules() if n.split(".")[-1].startswith("denseblock")]
+    for b, block in enumerate(blocks, 1):
+        layers = [f"{block}.{n}" for n, _ in model.get_submodule(block).named_children()]
+        for i, layer in enumerate(layers):
+            assert groups[f"{layer}.conv1"] == (f"{layer}.conv2",)  # the inner channels, as before
+            later = tuple(f"{x}.conv1" for x in layers[i + 1 :])
+            if b < len(blocks):  # the new features: read by every later layer and the transition
+                assert groups[f"{layer}.conv2"] == (*later, f"features.transition{b}.conv")
+            else:  # the last block's features reach the classifier head: left alone
+                assert f"{layer}.conv2" not in groups
 
 
 @pytest.mark.parametrize("ctor", [torchvision.models.resnet50, torchvision.models.mobilenet_v2])
@@ -371,3 +407,170 @@ def test_mobilenet_prunes_end_to_end_and_keeps_its_residual_streams():
             assert after[f"features.{name}.conv.2"] == before[f"features.{name}.conv.2"]
     assert all(after[n] == c for n, c in before.items() if n not in producers)
     assert r.model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+# --- Groups beyond the paper's: grouped convolutions, gates, several consumers, residual streams -------
+
+
+class _GroupedNet(nn.Module):
+    """A dense conv read by a grouped conv (4 groups), whose output a dense conv reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 24, 3, padding=1, groups=4), nn.BatchNorm2d(24)
+        self.conv3 = nn.Conv2d(24, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(torch.relu(self.conv3(x)).mean((2, 3)))
+
+
+def test_a_grouped_convolution_ties_the_same_position_in_each_of_its_groups():
+    model = _GroupedNet().eval()
+    groups = {g.producer: g for g in _groups(model, 16)}
+    assert set(groups) == {"conv1", "conv2"}  # conv3's output reaches the classifier head
+    g1, g2 = groups["conv1"], groups["conv2"]
+    assert (g1.width, g1.channels, g2.width, g2.channels) == (16, 4, 24, 6)
+    # conv1's channel c is at position c % 4 of conv2's input group c // 4: units tie c, c+4, c+8, c+12
+    assert g1.writers[0].units == tuple(c % 4 for c in range(16))
+    assert g1.kept_channels([1, 3]) == (1, 3, 5, 7, 9, 11, 13, 15)
+    assert g2.writers[0].units == tuple(c % 6 for c in range(24))
+
+
+def test_tied_channels_prune_whole_units_and_a_file_splitting_them_is_refused():
+    torch.manual_seed(0)
+    model = _GroupedNet().eval()
+    r = prune(model, _batches(1, 8, size=16), flops_reduction=0.4, tolerance=0.1, progress=False)
+    for d in r.layers:
+        g = {g.producer: g for g in _groups(model, 16)}[d.producer]
+        units = {g.writers[0].units[c] for c in d.kept}
+        assert list(d.kept) == list(g.kept_channels(units))
+    assert r.model.conv2.in_channels == len(r.layers[0].kept) and r.model.conv2.groups == 4
+    config = copy.deepcopy(r.model.apib_pruning)
+    config["kept"]["conv1"] = [0, 1, 2, 3]  # the first conv group only: not a union of units
+    with pytest.raises(ValueError, match="split a set tied by a grouped convolution"):
+        apply_pruning(_GroupedNet().eval(), config)
+
+
+class _GatedNet(nn.Module):
+    """A squeeze-excitation gate on a conv's channels, then a conv reading the gated channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 12, 3, padding=1), nn.BatchNorm2d(12)
+        self.fc1, self.fc2 = nn.Conv2d(12, 4, 1), nn.Conv2d(4, 12, 1)
+        self.conv2 = nn.Conv2d(12, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
+
+
+def test_a_gated_group_is_written_by_the_gate_and_read_by_the_gate_and_the_next_conv():
+    groups = {g.producer: g for g in _groups(_GatedNet().eval(), 16)}
+    assert set(groups) == {"conv1", "fc1"}
+    g = groups["conv1"]
+    assert [w.name for w in g.writers] == ["conv1", "fc2"] and set(g.consumers) == {"fc1", "conv2"}
+    assert {(n, side) for n, side, _, _ in g.scaled} == {
+        ("conv1", "out"),
+        ("fc2", "out"),
+        ("fc1", "in"),
+        ("conv2", "in"),
+    }
+
+
+def test_a_group_with_several_consumers_takes_the_mean_of_their_statistics():
+    from apib.options import PruneOptions
+    from apib.scoring import score
+
+    torch.manual_seed(0)
+    model = _GatedNet().eval()
+    batches = _batches(2, 6, size=16)
+    groups = _groups(model, 16)
+    layers = score(model, batches, groups, PruneOptions(), torch.device("cpu"), False, {})
+    g, problem = groups[0], layers[0].problem
+    parts = [ak.hsic_matrix(x, y.flatten(1)) for x, y in _layer_ios(model, batches, g.consumers)]
+    q, b, n_rows = problem.statistics()
+    assert n_rows == 12**2
+    torch.testing.assert_close(q, sum(p[0].double() for p in parts) / 2, rtol=1e-6, atol=0)
+    torch.testing.assert_close(b, sum(p[1].double() for p in parts) / 2, rtol=1e-6, atol=0)
+    torch.testing.assert_close(layers[0].scores, b)
+
+
+def _layer_ios(model, batches, names):
+    return [_layer_io(model, batches, name) for name in names]
+
+
+def test_prune_residual_adds_the_residual_streams_and_leaves_the_default_unchanged():
+    model = _resnet18()
+    default = _groups(model)
+    dg = dependency_graph(model.eval(), torch.randn(1, 3, 32, 32))
+    both = find_groups(model, dg, prune_residual=True)
+    assert [g for g in both if not g.residual] == default
+    streams = [g for g in both if g.residual]
+    # one stream per stage: the stem's (through layer1), then each stage's from its first block on;
+    # layer4's reaches the classifier head and stays
+    assert [g.producer for g in streams] == ["conv1", "layer2.0.conv2", "layer3.0.conv2"]
+    writers = {w.name for w in streams[1].writers}
+    assert writers == {"layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv2"}
+    assert set(streams[1].consumers) == {"layer2.1.conv1", "layer3.0.conv1", "layer3.0.downsample.0"}
+
+
+def test_prune_residual_round_trips_through_a_file(tmp_path):
+    model = _resnet18()
+    r = prune(model, _batches(), flops_reduction=0.5, tolerance=0.05, prune_residual=True, progress=False)
+    assert r.model.apib_pruning["prune_residual"] is True
+    assert r.model.conv1.out_channels < 64  # the stem's stream was pruned
+    save_pruned(r, tmp_path / "p.pt")
+    loaded = load_pruned(tmp_path / "p.pt", torchvision.models.resnet18(num_classes=10))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), r.model.eval()(x))
+    default = prune(model, _batches(), flops_reduction=0.5, tolerance=0.05, progress=False)
+    assert "prune_residual" not in default.model.apib_pruning  # the paper's files keep their format
+
+
+class _AllResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = (
+            nn.Conv2d(3, 8, 3),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.Conv2d(8, 4, 1),
+        )
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        return self.conv3(x + torch.relu(self.conv2(x))).mean((2, 3))
+
+
+def test_a_model_whose_only_groups_are_residual_says_so():
+    with pytest.raises(ValueError, match="outside its residual streams; prune_residual=True"):
+        prune(_AllResidual(), [torch.randn(4, 3, 8, 8)], flops_reduction=0.3, progress=False)
+    r = prune(
+        _AllResidual(), [torch.randn(4, 3, 8, 8)], flops_reduction=0.3, prune_residual=True, progress=False
+    )
+    assert r.layers[0].consumers == ("conv2", "conv3")
+
+
+def test_a_failing_forward_is_the_models_own_error_not_a_mapping_error():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x[:, :2])  # two channels into a three-channel conv
+
+    with pytest.raises(RuntimeError, match="channels"):
+        dependency_graph(Broken(), torch.randn(1, 3, 8, 8))
+
+
+def test_prune_residual_must_be_a_bool():
+    with pytest.raises(ValueError, match="prune_residual must be True or False"):
+        prune(_resnet18(), _batches(1, 4), flops_reduction=0.5, prune_residual="yes", progress=False)
