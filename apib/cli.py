@@ -112,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
         "--unconstrained", action="store_true", help="allow negative coefficients (reference code)"
     )
     p.add_argument(
+        "--prune-residual",
+        action="store_true",
+        help="also prune residual streams, scored over all their consumers (beyond the paper's policy)",
+    )
+    p.add_argument(
         "--bn-images",
         type=int,
         default=1024,
@@ -308,6 +313,7 @@ def _cmd_prune(args, device: torch.device, out: OutputFolder) -> dict:
         calib_size=args.calib_size,
         kernel=args.kernel,
         positive=not args.unconstrained,
+        prune_residual=args.prune_residual,
         device=device,
         progress=progress,
     )

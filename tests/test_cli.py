@@ -170,6 +170,29 @@ def test_prune_takes_any_scorer_with_a_ratio_or_threshold(trained, tmp_path, cri
     assert abs(report["flops_after"] / report["flops_before"] - 0.6) <= 0.05 * 0.6 + 1e-9
 
 
+def test_prune_residual_prunes_the_streams_and_the_file_loads(trained, tmp_path):
+    out = tmp_path / "p"
+    argv = ["prune", "--model", "resnet20", "--dataset", "digits", "--ckpt", str(trained / "model.pt")]
+    argv += ["--flops-reduction", "0.5", "--tolerance", "0.05", "--calib-size", "32", "--bn-images", "0"]
+    assert main([*argv, "--prune-residual", "--quiet", "--output", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["run"]["settings"]["prune_residual"] is True
+    streams = [d for d in report["layers"] if len(d["consumers"]) > 1]
+    assert streams and streams[0]["name"] == "conv1"  # the stem's stream, read by every block of stage 1
+    model = apib.load_pruned(out / "pruned.pt")
+    assert model.conv1.out_channels == streams[0]["kept"] < 16
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_vgg16_prunes_by_30_percent_with_the_default_call(tmp_path):
+    # issue 15: the non-negative Lasso alone kept too few channels for this target
+    argv = ["prune", "--model", "vgg16", "--dataset", "digits", "--flops-reduction", "0.3"]
+    argv += ["--calib-size", "32", "--bn-images", "0", "--quiet", "--output", str(tmp_path / "p")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert abs(report["flops_after"] / report["flops_before"] - 0.7) <= 0.01 * 0.7 + 1e-9
+
+
 @pytest.mark.parametrize("argv", [["--model", "resnet18"], ["--dataset", "mnist"]])
 def test_unknown_model_or_dataset_is_refused(argv, capsys):
     base = {"--model": "resnet20", "--dataset": "digits"}
