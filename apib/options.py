@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from apib.criteria import CRITERIA
 from apib.criteria._common import check_mode
+from apib.streaming import DEFAULT_BLOCK_SIZE
 from apib_kernels import KERNELS
 from apib_kernels._validation import check_int, check_number
 
@@ -32,6 +33,7 @@ class PruneOptions:
     mode: str = "fast"
     seed: int = 0
     prune_residual: bool = False
+    block_size: int = DEFAULT_BLOCK_SIZE
     backend: str | None = None
 
     def __post_init__(self):
@@ -57,5 +59,6 @@ class PruneOptions:
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         check_mode(self.mode)
+        check_int(self.block_size, "block_size", 2)
         if not isinstance(self.prune_residual, bool):
             raise ValueError(f"prune_residual must be True or False, got {self.prune_residual!r}")

@@ -24,6 +24,7 @@ from apib.calibration import trace_input
 from apib.groups import FlopsModel, count_flops, count_params, dependency_graph, find_groups, prune_group
 from apib.options import PruneOptions
 from apib.scoring import score
+from apib.streaming import DEFAULT_BLOCK_SIZE
 from apib_kernels._validation import check_number
 
 
@@ -143,6 +144,7 @@ def prune(
     mode: str = "fast",
     seed: int = 0,
     prune_residual: bool = False,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     example_input: torch.Tensor | None = None,
     device=None,
     backend: str | None = None,
@@ -175,6 +177,12 @@ def prune(
     prune_residual: also prune residual streams — channels summed by residual adds, and those read by
         both branches of a residual block — scored over all their consumers (beyond the paper, whose
         policy leaves them alone; see `apib.groups`). Off by default.
+    block_size: APIB's statistics are streamed in blocks of this many calibration images
+        (`apib.streaming`): memory stays at one block of activations however many images are used, and
+        with at most block_size images (the default 128 holds the paper's 64 and 128) the statistics
+        are exactly those of all images at once. Under torch.distributed (a process group initialised,
+        e.g. by torchrun) each process calibrates on its own shard of calib_loader, the statistics of
+        every process are summed, and every process reaches the same decisions.
     device: where calibration and statistics run (default: the model's device).
     Raises ValueError for bad arguments, and when the target is unreachable even keeping `omega`
     channels per layer (the message gives the smallest reachable FLOPs).
@@ -192,6 +200,7 @@ def prune(
         mode=mode,
         seed=seed,
         prune_residual=prune_residual,
+        block_size=block_size,
         backend=backend,
     )
     if not isinstance(model, nn.Module):

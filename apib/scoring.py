@@ -21,17 +21,16 @@ units, from all the layers that write or read them:
 """
 
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from apib.calibration import calibrate
 from apib.criteria import CRITERIA
 from apib.groups import Member, PrunableGroup
 from apib.options import PruneOptions
+from apib.streaming import StreamingStatistics
 from apib_kernels import HSICLassoProblem, hsic_matrix
 from apib_kernels.selection import _sync
 
@@ -122,42 +121,36 @@ def group_problem(pairs, opts: PruneOptions) -> HSICLassoProblem:
 
 
 def _hsic_problems(model, loader, groups, opts, device, progress, timings) -> list[HSICLassoProblem]:
-    """One HSIC Lasso problem per group, from its consumers' inputs X and outputs (or the labels) Y.
-    Each consumer is recorded once, however many groups it reads, and freed after its last group."""
+    """One HSIC Lasso problem per group, from its consumers' inputs X and outputs (or the labels) Y,
+    streamed in blocks of `opts.block_size` images (`apib.streaming`): each consumer is recorded once,
+    however many groups it reads; each full block is reduced to every group's statistics and dropped;
+    under torch.distributed the sums of every process are added."""
     t0 = time.perf_counter()
-    uses = Counter(name for g in groups for name in g.consumers)
-    store = {name: ([], []) for name in uses}
-    sinks = {
-        name: (lambda x, out, xs=xs, ys=ys: (xs.append(x), ys.append(out)))
-        for name, (xs, ys) in store.items()
-    }
-    labels = calibrate(model, loader, sinks, opts.calib_size, device, progress)
-    if opts.target == "labels" and labels is None:
-        raise ValueError("target='labels' needs calib_loader to yield (images, labels) batches")
-    _sync(device)
-    timings["calibration"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ready = {}
+    names = sorted({name for g in groups for name in g.consumers})
+    modules = {name: model.get_submodule(name) for name in names}
 
-    def take(name):
-        if name not in ready:
-            xs, ys = store.pop(name)
-            ready[name] = (_channels_first(model.get_submodule(name), torch.cat(xs)), torch.cat(ys))
-            del xs[:], ys[:]
-        uses[name] -= 1
-        return ready.pop(name) if uses[name] == 0 else ready[name]
+    def reduce(block, labels):
+        inputs = {name: _channels_first(modules[name], x) for name, (x, _) in block.items()}
+        stats = []
+        for g in groups:
+            pairs = [
+                (
+                    unit_features(inputs[m.name], m, g.channels),
+                    labels if labels is not None else block[m.name][1].flatten(1),
+                )
+                for m in g.readers
+            ]
+            stats.append(group_problem(pairs, opts).statistics())
+        return stats
 
-    problems = []
-    for g in tqdm(groups, desc="statistics", unit="layer", disable=not progress):
-        pairs = []
-        for member in g.readers:
-            x, out = take(member.name)
-            y = labels if opts.target == "labels" else out.flatten(1)
-            pairs.append((unit_features(x, member, g.channels), y))
-        problems.append(group_problem(pairs, opts))
-        del pairs
+    stream = StreamingStatistics(names, opts.block_size, reduce, labels=opts.target == "labels")
+    sinks = {name: stream.sink(name) for name in names}
+    calibrate(model, loader, sinks, opts.calib_size, device, progress, after_batch=stream.end_batch)
+    sums = stream.statistics()
+    problems = [HSICLassoProblem(q, b, n_rows, positive=opts.positive) for q, b, n_rows in sums]
     _sync(device)
-    timings["statistics"] = time.perf_counter() - t0
+    timings["calibration"] = time.perf_counter() - t0 - stream.seconds
+    timings["statistics"] = stream.seconds
     return problems
 
 

@@ -1,12 +1,14 @@
 """Block-streamed calibration statistics, in one process and summed across a gloo process group."""
 
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torchvision
 
 import apib_kernels as ak
+from apib import scoring
+from apib.pruning import prune
 from apib.streaming import StreamingStatistics
 
 
@@ -95,3 +97,78 @@ def test_labels_are_required_for_a_labels_target():
     stream = StreamingStatistics(["layer"], 8, _reduce, labels=True)
     with pytest.raises(ValueError, match="target='labels'"):
         stream.end_batch(None)
+
+
+def _images(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g)
+
+
+def _model():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10).eval()
+
+
+def test_pipeline_memory_stays_at_one_block(monkeypatch):
+    streams = []
+
+    class Recorded(StreamingStatistics):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            streams.append(self)
+
+    monkeypatch.setattr(scoring, "StreamingStatistics", Recorded)
+    images = _images(160)
+    r = prune(
+        _model(),
+        list(images.split(10)),
+        flops_reduction=0.5,
+        tolerance=0.05,
+        block_size=32,
+        calib_size=None,
+        progress=False,
+    )
+    assert abs(r.flops_after - r.flops_target) <= 0.05 * r.flops_target
+    [stream] = streams
+    assert stream.images == 160 and stream.peak_buffered < 32 + 10
+
+
+def test_pipeline_with_one_block_is_the_in_memory_selection():
+    images = _images(48)
+    kw = dict(flops_reduction=0.5, tolerance=0.05, calib_size=None, progress=False)
+    one = prune(_model(), list(images.split(16)), block_size=48, **kw)
+    again = prune(_model(), list(images.split(7)), block_size=1000, **kw)
+    assert [d.kept for d in one.layers] == [d.kept for d in again.layers]
+
+
+def _prune_rank(rank, world, init, results):
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    try:
+        shard = _images(64)[rank * 32 : (rank + 1) * 32]
+        r = prune(
+            _model(),
+            list(shard.split(16)),
+            flops_reduction=0.5,
+            tolerance=0.05,
+            block_size=16,
+            calib_size=None,
+            progress=False,
+        )
+        results[rank] = [d.kept for d in r.layers]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_prune_as_one_over_the_same_blocks(tmp_path):
+    results = mp.Manager().dict()
+    mp.spawn(_prune_rank, args=(2, tmp_path / "init", results), nprocs=2, join=True)
+    one = prune(
+        _model(),
+        list(_images(64).split(16)),
+        flops_reduction=0.5,
+        tolerance=0.05,
+        block_size=16,
+        calib_size=None,
+        progress=False,
+    )
+    assert results[0] == results[1] == [d.kept for d in one.layers]
