@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calib-size", type=int, default=None, help="calibration images (default 128; 64 on imagenet)"
     )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=128,
+        help="calibration images per statistics block: memory holds one block (default 128)",
+    )
     p.add_argument("--kernel", default="laplace", choices=sorted(k for k in KERNELS if k != "delta"))
     p.add_argument(
         "--unconstrained", action="store_true", help="allow negative coefficients (reference code)"
@@ -167,6 +173,7 @@ def _check_args(args) -> None:
         if args.calib_size is None:
             args.calib_size = 64 if args.dataset == "imagenet" else 128
         check_int(args.calib_size, "--calib-size", 2)
+        check_int(args.block_size, "--block-size", 2)
         check_int(args.bn_images, "--bn-images", 0)
         if args.allocation == "penalty" and args.criterion != "apib":
             raise ValueError(
@@ -311,6 +318,7 @@ def _cmd_prune(args, device: torch.device, out: OutputFolder) -> dict:
         omega=args.omega,
         tolerance=args.tolerance,
         calib_size=args.calib_size,
+        block_size=args.block_size,
         kernel=args.kernel,
         positive=not args.unconstrained,
         prune_residual=args.prune_residual,

@@ -130,6 +130,7 @@ def test_prune_writes_model_report_and_plot(trained, tmp_path, capsys):
         (["--dataset", "digits", "--flops-reduction", "1.5"], "--flops-reduction"),
         (["--dataset", "digits", "--flops-reduction", "0"], "--flops-reduction"),
         (["--dataset", "digits", "--flops-reduction", "0.5", "--calib-size", "0"], "--calib-size must be"),
+        (["--dataset", "digits", "--flops-reduction", "0.5", "--block-size", "1"], "--block-size must be"),
         (["--dataset", "digits", "--flops-target", "-5"], "--flops-target"),
         (["--dataset", "digits", "--flops-reduction", "0.5", "--lr", "0"], "--lr"),
         (["--dataset", "digits", "--flops-reduction", "0.5", "--finetune-epochs", "-1"], "--finetune-epochs"),
