@@ -15,7 +15,7 @@ from torch import nn
 from apib.io import check_state_dict, load_checkpoint, write_atomic
 from apib.models import get_model
 from apib.pruning import PruneResult, apply_pruning
-from apib_kernels._validation import is_int
+from apib_kernels.validation import is_int
 
 FORMAT = "apib-pruned/1"
 MAX_INPUT_ELEMENTS = 1 << 24

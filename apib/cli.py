@@ -39,7 +39,7 @@ from apib.output import OutputFolder
 from apib.pruning import prune
 from apib.train import evaluate, recalibrate_bn, train
 from apib_kernels import KERNELS
-from apib_kernels._validation import check_int, check_number
+from apib_kernels.validation import check_int, check_number
 
 logger = logging.getLogger("apib")
 

@@ -25,7 +25,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from apib_kernels._validation import check_int, is_int
+from apib_kernels.validation import check_int, is_int
 
 try:
     from numpy._core import multiarray as _multiarray

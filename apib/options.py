@@ -6,7 +6,7 @@ from apib.criteria import CRITERIA
 from apib.criteria._common import check_mode
 from apib.streaming import DEFAULT_BLOCK_SIZE
 from apib_kernels import KERNELS
-from apib_kernels._validation import check_int, check_number
+from apib_kernels.validation import check_int, check_number
 
 TARGETS = ("output", "labels")
 ALLOCATIONS = ("penalty", "uniform", "threshold")

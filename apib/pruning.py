@@ -25,7 +25,7 @@ from apib.groups import FlopsModel, count_flops, count_params, dependency_graph,
 from apib.options import PruneOptions
 from apib.scoring import score
 from apib.streaming import DEFAULT_BLOCK_SIZE
-from apib_kernels._validation import check_number
+from apib_kernels.validation import check_number
 
 
 @dataclass(frozen=True)

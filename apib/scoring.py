@@ -32,7 +32,7 @@ from apib.groups import Member, PrunableGroup
 from apib.options import PruneOptions
 from apib.streaming import StreamingStatistics
 from apib_kernels import HSICLassoProblem, hsic_matrix
-from apib_kernels.selection import _sync
+from apib_kernels.backends import synchronize as _sync
 
 
 @dataclass(frozen=True)

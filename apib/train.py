@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from apib_kernels._validation import check_int, check_number
+from apib_kernels.validation import check_int, check_number
 
 __all__ = ["train", "evaluate"]
 

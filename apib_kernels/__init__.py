@@ -14,8 +14,9 @@ Public ops (see each docstring for shapes):
 from apib_kernels import reference
 from apib_kernels.backends import BACKENDS, BackendUnavailableError, available_backends
 from apib_kernels.homotopy import lasso_knots
+from apib_kernels.kernels import KERNELS
 from apib_kernels.lasso import alpha_max, lasso_gram, lasso_path
-from apib_kernels.ops import KERNELS, centered_gram, hsic, hsic_matrix, output_gram
+from apib_kernels.ops import centered_gram, hsic, hsic_matrix, output_gram
 from apib_kernels.selection import HSICLassoProblem, HSICLassoResult, hsic_lasso
 
 __version__ = "0.1.0"

@@ -146,3 +146,10 @@ def resolve_backend(
         if unavailable_reason(name, device.type) is None:
             return _load(name)
     return _load("torch")
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for the work queued on a CUDA device (a no-op elsewhere), so that wall-clock timings measure
+    the work rather than its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

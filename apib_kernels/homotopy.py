@@ -32,8 +32,8 @@ import math
 import numpy as np
 import torch
 
-from apib_kernels._validation import check_int, check_number
 from apib_kernels.lasso import _PIVOT_REL, _problems
+from apib_kernels.validation import check_int, check_number
 
 logger = logging.getLogger("apib_kernels")
 

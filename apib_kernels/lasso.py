@@ -44,9 +44,8 @@ import numpy as np
 import torch
 
 from apib_kernels import _ext
-from apib_kernels._validation import check_int, check_number
 from apib_kernels.lasso_batched import solve_batched
-from apib_kernels.ops import _check_finite, _check_tensor
+from apib_kernels.validation import check_finite, check_int, check_number, check_tensor
 
 logger = logging.getLogger("apib_kernels")
 
@@ -80,7 +79,7 @@ if _ext.has_kernel("lasso_cd", "CPU"):
 
 
 def _check_float_tensor(t, name: str) -> None:
-    _check_tensor(t, name)
+    check_tensor(t, name)
     if t.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
 
@@ -101,8 +100,8 @@ def _problems(Q, b, device="cpu"):
         raise ValueError(f"b must have shape {want} = {tuple(Q.shape[:-1])} to match Q, got {tuple(b.shape)}")
     if b.device != Q.device:
         raise ValueError(f"b must be on Q's device {Q.device}, got {b.device}")
-    _check_finite(Q, "Q")
-    _check_finite(b, "b")
+    check_finite(Q, "Q")
+    check_finite(b, "b")
     q = Q.detach().to(device, torch.float64).reshape(-1, *Q.shape[-2:])
     if bool((q.diagonal(dim1=1, dim2=2) < 0).any()):
         raise ValueError("Q must be positive semidefinite, but it has a negative diagonal entry")
@@ -150,7 +149,7 @@ def _start(coef0, b: torch.Tensor, batched: bool, positive: bool) -> torch.Tenso
     want = b.shape if batched else b.shape[1:]
     if coef0.shape != want:
         raise ValueError(f"coef0 must have b's shape {tuple(want)}, got {tuple(coef0.shape)}")
-    _check_finite(coef0, "coef0")
+    check_finite(coef0, "coef0")
     c0 = coef0.detach().to(b.device, torch.float64).reshape(b.shape).clone()
     return c0.clamp_(min=0) if positive else c0
 
@@ -523,7 +522,7 @@ def alpha_max(b, n_rows, positive=True):
     _check_float_tensor(b, "b")
     if b.dim() not in (1, 2) or b.shape[-1] == 0:
         raise ValueError(f"b must have shape (C,) or (B, C) with C >= 1, got {tuple(b.shape)}")
-    _check_finite(b, "b")
+    check_finite(b, "b")
     n = check_number(n_rows, "n_rows", positive=True)
     bb = b.detach().to("cpu", torch.float64)
     top = (bb.amax(-1) if positive else bb.abs().amax(-1)).clamp(min=0)

@@ -10,62 +10,13 @@ import math
 
 import torch
 
-from apib_kernels._validation import check_int, check_number
 from apib_kernels.backends import resolve_backend
-from apib_kernels.reference import default_gamma
+from apib_kernels.kernels import KERNELS, LABEL_KERNELS, Y_KERNELS, kernel_args
+from apib_kernels.validation import check_finite, check_int, check_tensor, features
 
-KERNELS = {"linear": 0, "gaussian": 1, "laplace": 2}
-LABEL_KERNELS = ("delta", "delta_norm")
-"""Kernels on (n,) class labels: "delta" 1[y_i = y_j]; "delta_norm" 1[y_i = y_j] / n_c, n_c the number of
-samples of y_i's class among the Gram's n (pyHSICLasso's classification kernel)."""
-Y_KERNELS = (*KERNELS, *LABEL_KERNELS)
 DEFAULT_MEMORY_LIMIT = 1 << 30
 _PACK_FRACTION = 4  # Gram row blocks per pass: halves Q's FLOPs at ~n/8 rows of waste, in 4 GEMMs
 _Q_BLOCK = 128  # channel block of the upper-block-triangular Q product
-
-
-def _check_tensor(t, name: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.is_complex():
-        raise TypeError(f"{name} must be real, got complex dtype {t.dtype}")
-
-
-def _check_finite(t: torch.Tensor, name: str) -> None:
-    # aminmax is exact here (NaN propagates, ±inf is an extreme) and ~20x faster than isfinite().all()
-    if t.is_floating_point() and t.numel():
-        lo, hi = torch.aminmax(t)
-        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
-            raise ValueError(f"{name} contains NaN or infinite values")
-
-
-def _features(x, name: str = "x", check_finite: bool = True) -> torch.Tensor:
-    """Validates x and returns its (n, C, D) view in the compute dtype (float32 or float64)."""
-    _check_tensor(x, name)
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.dim() < 2:
-        raise ValueError(f"{name} must have shape (n, C, *spatial), got shape {tuple(x.shape)}")
-    n, c = x.shape[:2]
-    if n < 2:
-        raise ValueError(f"{name} must hold at least 2 samples (n >= 2) to center a Gram matrix, got n={n}")
-    if c == 0:
-        raise ValueError(f"{name} must have at least one channel, got shape {tuple(x.shape)}")
-    if x.numel() == 0:
-        raise ValueError(f"{name} has an empty spatial size, got shape {tuple(x.shape)}")
-    if check_finite:
-        _check_finite(x, name)
-    f = x.reshape(n, c, -1)
-    return f if f.dtype in (torch.float32, torch.float64) else f.float()
-
-
-def _kernel_args(kernel, gamma, dim: int, names: tuple[str, str], allowed=KERNELS) -> tuple[str, float]:
-    kname, gname = names
-    if kernel not in allowed:
-        raise ValueError(f"{kname} must be one of {tuple(allowed)}, got {kernel!r}")
-    if gamma is None:
-        return kernel, default_gamma(kernel, dim)
-    return kernel, check_number(gamma, gname, positive=True)
 
 
 def centered_gram(x: torch.Tensor, kernel: str = "laplace", gamma: float | None = None, *, backend=None):
@@ -78,8 +29,8 @@ def centered_gram(x: torch.Tensor, kernel: str = "laplace", gamma: float | None 
     The result holds C·n² values; for the HSIC statistics of large layers use `hsic_matrix`,
     which never materialises more than a bounded block of it.
     """
-    f = _features(x)
-    kernel, g = _kernel_args(kernel, gamma, f.shape[2], ("kernel", "gamma"))
+    f = features(x)
+    kernel, g = kernel_args(kernel, gamma, f.shape[2], ("kernel", "gamma"))
     be = resolve_backend(backend, f.device, f.shape)
     return be.centered_gram(f, KERNELS[kernel], g, 0, f.shape[0], None)
 
@@ -99,14 +50,14 @@ def output_gram(y, n: int, y_kernel=None, y_gamma=None, *, like: torch.Tensor, b
     1[y_i = y_j] / n_c (n_c the size of y_i's class among these n samples, as pyHSICLasso) — or (n, *)
     floats, flattened per sample, with y_kernel (default "laplace") and y_gamma as for `centered_gram`.
     """
-    return _output_gram(y, n, y_kernel, y_gamma, like, backend, check_finite=True)
+    return _output_gram(y, n, y_kernel, y_gamma, like, backend, scan=True)
 
 
-def _output_gram(y, n: int, y_kernel, y_gamma, like, backend, check_finite: bool) -> torch.Tensor:
-    """`output_gram`; check_finite=False skips the NaN/Inf scan of a y that goes through a kernel
+def _output_gram(y, n: int, y_kernel, y_gamma, like, backend, scan: bool) -> torch.Tensor:
+    """`output_gram`; scan=False skips the NaN/Inf scan of a y that goes through a kernel
     function, for callers that check L̄'s statistics instead (class labels are always scanned: a NaN
     label would only empty its row of L̄)."""
-    _check_tensor(y, "y")
+    check_tensor(y, "y")
     if y.dim() == 0 or y.shape[0] != n:
         raise ValueError(
             f"y must have n = {n} samples in its first dimension (like x), got shape {tuple(y.shape)}"
@@ -116,8 +67,8 @@ def _output_gram(y, n: int, y_kernel, y_gamma, like, backend, check_finite: bool
     labels = not y.is_floating_point()
     if y_kernel is None:
         y_kernel = "delta" if labels else "laplace"
-    if check_finite or y_kernel in LABEL_KERNELS:
-        _check_finite(y, "y")
+    if scan or y_kernel in LABEL_KERNELS:
+        check_finite(y, "y")
     if y_kernel in LABEL_KERNELS:
         if y.dim() != 1:
             raise ValueError(
@@ -127,7 +78,7 @@ def _output_gram(y, n: int, y_kernel, y_gamma, like, backend, check_finite: bool
     if labels and y.dim() != 1:
         raise ValueError(f"integer y must be (n,) class labels, got shape {tuple(y.shape)}")
     f = y.reshape(n, 1, -1).to(like.dtype)
-    y_kernel, g = _kernel_args(y_kernel, y_gamma, f.shape[2], ("y_kernel", "y_gamma"), Y_KERNELS)
+    y_kernel, g = kernel_args(y_kernel, y_gamma, f.shape[2], ("y_kernel", "y_gamma"), Y_KERNELS)
     return resolve_backend(backend, f.device, f.shape).centered_gram(f, KERNELS[y_kernel], g, 0, n, None)[0]
 
 
@@ -189,15 +140,15 @@ def hsic_matrix(
     """
     # NaN/Inf in x or y reach Q, b or c in every backend, so those outputs are checked instead of
     # scanning all of x (a fifth of the whole call on large layers) and y; they are scanned only to explain.
-    f = _features(x, check_finite=False)
+    f = features(x, scan=False)
     n, c, d = f.shape
-    kernel, g = _kernel_args(kernel, gamma, d, ("kernel", "gamma"))
+    kernel, g = kernel_args(kernel, gamma, d, ("kernel", "gamma"))
     if y_kernel is None and isinstance(y, torch.Tensor) and y.is_floating_point():
         y_kernel = kernel
     if memory_limit is not None:
         check_int(memory_limit, "memory_limit (bytes)", 1)
     be = resolve_backend(backend, f.device, f.shape)
-    lbar = _output_gram(y, n, y_kernel, y_gamma, f, backend, check_finite=False)
+    lbar = _output_gram(y, n, y_kernel, y_gamma, f, backend, scan=False)
     code = KERNELS[kernel]
     q = f.new_zeros(c, c)
     b = f.new_zeros(c)
@@ -216,8 +167,8 @@ def hsic_matrix(
     q = _mirror_upper(q)
     cc = (lbar * lbar).sum()
     if not bool(torch.isfinite(q).all() & torch.isfinite(b).all() & torch.isfinite(cc)):
-        _check_finite(f, "x")
-        _check_finite(y, "y")
+        check_finite(f, "x")
+        check_finite(y, "y")
         # Q comes from x alone and c from y alone; b from both.
         culprit = "x or y"
         if not bool(torch.isfinite(q).all()):

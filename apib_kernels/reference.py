@@ -1,21 +1,14 @@
 """Float64 reference: the definitions, written for clarity, not speed. Every kernel is tested against it.
 
 Deliberately independent of the fast paths: explicit pairwise differences (no norm expansion, no
-mean removal) and explicit centering with H = I - 11^T/n.
+mean removal) and explicit centering with H = I - 11^T/n. The default bandwidths are a convention, not
+a computation to check, so the oracle takes them from `apib_kernels.kernels` with the fast paths (a
+second copy could not catch a wrong convention; tests/test_kernel_identity.py pins the values).
 """
-
-import math
 
 import torch
 
-
-def default_gamma(kernel: str, dim: int) -> float:
-    """The reference code's bandwidths: Laplace sqrt(0.5 / D), Gaussian 1 / D (D = features per sample)."""
-    if kernel == "laplace":
-        return math.sqrt(0.5 / dim)
-    if kernel == "gaussian":
-        return 1.0 / dim
-    return 1.0
+from apib_kernels.kernels import default_gamma
 
 
 def kernel_matrix(f: torch.Tensor, kernel: str, gamma: float | None = None) -> torch.Tensor:

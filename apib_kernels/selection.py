@@ -17,17 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from apib_kernels._validation import check_int, check_number
+from apib_kernels.backends import synchronize
 from apib_kernels.lasso import GramProblem, alpha_max, collect_convergence_warnings
-from apib_kernels.ops import (
-    _add_upper_gram,
-    _check_tensor,
-    _features,
-    _mirror_upper,
-    centered_gram,
-    hsic_matrix,
-    output_gram,
-)
+from apib_kernels.ops import _add_upper_gram, _mirror_upper, centered_gram, hsic_matrix, output_gram
+from apib_kernels.validation import check_int, check_number, check_tensor, features
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +64,6 @@ class HSICLassoResult:
     alpha: float
     hsic: torch.Tensor
     timings: dict = field(default_factory=dict)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _check_alpha(alpha):
@@ -182,7 +170,7 @@ def _statistics(
     x, y, kernel, y_kernel, gamma, y_gamma, normalize, block_size, n_permutations, seed, backend, memory_limit
 ):
     n, c = x.shape[:2]
-    _check_tensor(y, "y")
+    check_tensor(y, "y")
     if y.dim() == 0 or y.shape[0] != n:
         raise ValueError(
             f"y must have n = {n} samples in its first dimension (like x), got shape {tuple(y.shape)}"
@@ -199,7 +187,7 @@ def _statistics(
             q, b, cc = _normalized(q, b, cc)
     else:
         q, b, cc, n_rows, raw_diag = _block_statistics(
-            _features(x),
+            features(x),
             y,
             kernel,
             y_kernel,
@@ -506,9 +494,9 @@ def hsic_lasso(
     and their coefficient is 0. Bad arguments raise ValueError naming them; so do non-finite statistics.
     Returns an `HSICLassoResult`; everything on x's device.
     """
-    _check_tensor(x, "x")
+    check_tensor(x, "x")
     if x.dim() < 2 or x.shape[0] < 2 or x.numel() == 0:
-        _features(x)  # raises the shape error that names x
+        features(x)  # raises the shape error that names x
     n, c = x.shape[:2]
     alpha = _check_alpha(alpha)
     _check_args(alpha, n_select, omega, block_size, n_permutations, n, c)
@@ -530,7 +518,7 @@ def hsic_lasso(
         backend=backend,
         memory_limit=memory_limit,
     )
-    _sync(x.device)
+    synchronize(x.device)
     t1 = time.perf_counter()
     if not bool((problem.hsic != 0).any()):
         if problem._solver.active.numel() == 0:
@@ -543,7 +531,7 @@ def hsic_lasso(
         else:
             used = DEFAULT_ALPHA_FRACTION * problem.alpha_max() if alpha is None else float(alpha)
             used, coef, selected = problem.select(used, omega)
-    _sync(x.device)
+    synchronize(x.device)
     t2 = time.perf_counter()
     return HSICLassoResult(
         coef=coef,

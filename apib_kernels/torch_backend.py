@@ -7,8 +7,7 @@ out[k, i - start, j] = K_k[i, j] - r_k[i] - r_k[j] + t_k.
 
 import torch
 
-LINEAR, GAUSSIAN, LAPLACE = 0, 1, 2
-DIRECT_MAX_D = 8  # csrc/common.h kDirectMaxD: below it distances come from explicit differences
+from apib_kernels.kernels import DIRECT_MAX_D, LAPLACE, LINEAR
 
 
 def _kernel_rows(xt: torch.Tensor, sq: torch.Tensor, kernel: int, gamma: float, start: int, stop: int):

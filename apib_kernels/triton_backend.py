@@ -35,8 +35,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 from triton.runtime.jit import JITFunction
 
-LINEAR, GAUSSIAN, LAPLACE = 0, 1, 2
-DIRECT_MAX_D = 8  # csrc/common.h kDirectMaxD: up to this D, distances come from explicit differences
+from apib_kernels.kernels import DIRECT_MAX_D, KERNELS, LAPLACE, LINEAR
 
 # Jit code may only read globals that are constexpr.
 _LINEAR = tl.constexpr(LINEAR)
@@ -225,8 +224,9 @@ def _check_args(x: torch.Tensor, kernel: int, gamma: float) -> None:
         raise TypeError(f"apib: x must be float32 or float64, got {x.dtype}")
     if x.shape[0] < 1 or x.shape[1] < 1 or x.shape[2] < 1:
         raise ValueError(f"apib: x must have n >= 1, C >= 1 and D >= 1, got shape {tuple(x.shape)}")
-    if kernel not in (LINEAR, GAUSSIAN, LAPLACE):
-        raise ValueError(f"apib: kernel must be 0 (linear), 1 (gaussian) or 2 (laplace), got {kernel}")
+    if kernel not in KERNELS.values():
+        kinds = ", ".join(f"{code} ({name})" for name, code in KERNELS.items())
+        raise ValueError(f"apib: kernel must be one of {kinds}, got {kernel}")
     if kernel != LINEAR and not gamma > 0:
         raise ValueError(f"apib: gamma must be > 0, got {gamma}")
     if x.device.type == "cpu" and not _INTERPRETED:
@@ -291,7 +291,7 @@ def launch_variants():
     (scripts/compile_triton.py): each kernel kind, dtype, mode, direct/product path and block size."""
     seen = []
     for dtype, kernel, (row_block, store_k) in itertools.product(
-        (torch.float32, torch.float64), (LINEAR, GAUSSIAN, LAPLACE), _MODES
+        (torch.float32, torch.float64), KERNELS.values(), _MODES
     ):
         # n picks BLOCK, D the direct/product path and BLOCK_D: one representative of each choice
         for n, D in itertools.product((16, 32, 64), (DIRECT_MAX_D, 16, 17)):

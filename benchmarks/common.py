@@ -10,6 +10,8 @@ import time
 
 import torch
 
+from apib_kernels.backends import synchronize
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -76,21 +78,16 @@ def environment(device: torch.device | str) -> dict:
     }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def bench(fn, device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of fn() in seconds (synchronised on CUDA)."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -10,7 +10,7 @@ import torch
 from conftest import backend_device
 
 import apib_kernels as ak
-from apib_kernels import backends
+from apib_kernels import backends, kernels
 from apib_kernels import reference as ref
 from apib_kernels.backends import resolve_backend, unavailable_reason
 
@@ -325,7 +325,7 @@ def test_cpu_row_blocks_reproduce_the_full_gram_bit_for_bit(shape, dtype, stride
     if strided:  # features not contiguous: the means sum the samples one at a time
         x = x.transpose(1, 2).contiguous().transpose(1, 2)
         assert x.stride(2) != 1
-    code, g = ak.ops.KERNELS[kernel], ref.default_gamma(kernel, d)
+    code, g = ak.KERNELS[kernel], kernels.default_gamma(kernel, d)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -376,7 +376,7 @@ def test_row_blocks_across_tile_edges_equal_the_full_gram(backend, kernel, d):
     n = 130
     x = torch.randn(n, 3, d, dtype=torch.float64, device=backend_device(backend))
     be = resolve_backend(backend, x.device)
-    code, g = ak.ops.KERNELS[kernel], ref.default_gamma(kernel, d)
+    code, g = ak.KERNELS[kernel], kernels.default_gamma(kernel, d)
     means = be.kernel_row_means(x, code, g)
     full = be.centered_gram(x, code, g, 0, n, None)
     cuts = [0, 3, 64, 65, n]

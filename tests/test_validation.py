@@ -1,4 +1,4 @@
-"""apib_kernels._validation: the integer and number checks shared by apib_kernels and apib."""
+"""apib_kernels.validation: the integer and number checks shared by apib_kernels and apib."""
 
 import math
 from fractions import Fraction
@@ -6,7 +6,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from apib_kernels._validation import check_int, check_number, is_int
+from apib_kernels.validation import check_int, check_number, is_int
 
 
 def test_is_int():

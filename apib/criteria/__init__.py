@@ -20,8 +20,9 @@ from apib.criteria.fpgm import fpgm_scores
 from apib.criteria.hrank import HRankAccumulator, hrank_scores
 from apib.criteria.l1 import l1_scores
 from apib.criteria.random import random_scores
-from apib_kernels._validation import check_int
-from apib_kernels.ops import _check_finite, _check_tensor
+from apib_kernels.validation import check_finite as _check_finite
+from apib_kernels.validation import check_int
+from apib_kernels.validation import check_tensor as _check_tensor
 
 
 @dataclass(frozen=True)

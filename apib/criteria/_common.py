@@ -2,8 +2,9 @@
 
 import torch
 
-from apib_kernels._validation import check_int
-from apib_kernels.ops import _check_finite, _check_tensor
+from apib_kernels.validation import check_finite as _check_finite
+from apib_kernels.validation import check_int
+from apib_kernels.validation import check_tensor as _check_tensor
 
 MODES = ("fast", "faithful")
 # Elements per batched linalg call when batch_size is None: 128 MiB of float64, a few times that in

@@ -2,7 +2,7 @@
 
 import torch
 
-from apib_kernels._validation import check_int
+from apib_kernels.validation import check_int
 
 
 def random_scores(num_channels: int, *, seed: int = 0) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from apib.io import check_state_dict, load_checkpoint
-from apib_kernels._validation import check_int
+from apib_kernels.validation import check_int
 
 from .cifar_resnet import resnet20, resnet56, resnet110
 from .googlenet import googlenet
