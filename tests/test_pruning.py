@@ -574,3 +574,35 @@ def test_a_failing_forward_is_the_models_own_error_not_a_mapping_error():
 def test_prune_residual_must_be_a_bool():
     with pytest.raises(ValueError, match="prune_residual must be True or False"):
         prune(_resnet18(), _batches(1, 4), flops_reduction=0.5, prune_residual="yes", progress=False)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "fpgm", "hrank", "chip", "random"])
+def test_every_criterion_scores_the_units_of_gated_and_tied_groups(criterion):
+    from apib.options import PruneOptions
+    from apib.scoring import score
+
+    torch.manual_seed(0)
+    for model in (_GatedNet().eval(), _GroupedNet().eval()):
+        groups = _groups(model, 16)
+        opts = PruneOptions(criterion=criterion)
+        layers = score(model, _batches(1, 6, size=16), groups, opts, torch.device("cpu"), False, {})
+        assert [s.scores.shape for s in layers] == [(g.channels,) for g in groups]
+        assert all(bool(torch.isfinite(s.scores).all()) for s in layers)
+
+
+def test_l1_scores_a_gated_group_by_both_producers_filters_each_scaled_by_its_mean():
+    from apib.criteria import l1_scores
+    from apib.options import PruneOptions
+    from apib.scoring import score
+
+    model = _GatedNet().eval()
+    groups = _groups(model, 16)
+    layers = score(model, None, groups, PruneOptions(criterion="l1"), torch.device("cpu"), False, {})
+    a, b = l1_scores(model.conv1.weight), l1_scores(model.fc2.weight)
+    torch.testing.assert_close(layers[0].scores, (a / a.mean() + b / b.mean()) / 2)
+    # tied channels: a unit's score is the mean of its channels' (conv1's filters c, c+4, c+8, c+12)
+    model = _GroupedNet().eval()
+    layers = score(
+        model, None, _groups(model, 16), PruneOptions(criterion="l1"), torch.device("cpu"), False, {}
+    )
+    torch.testing.assert_close(layers[0].scores, l1_scores(model.conv1.weight).view(4, 4).mean(0))
