@@ -19,19 +19,13 @@ import torch
 
 from apib_kernels.backends import synchronize
 from apib_kernels.lasso import GramProblem, alpha_max, collect_convergence_warnings
-from apib_kernels.ops import _add_upper_gram, _mirror_upper, centered_gram, hsic_matrix, output_gram
-from apib_kernels.validation import check_int, check_number, check_tensor, features
+from apib_kernels.statistics import GramStatistics, Samples
+from apib_kernels.validation import check_int, check_number
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ALPHA_FRACTION = 0.1
 """With neither alpha nor n_select, alpha = DEFAULT_ALPHA_FRACTION · alpha_max (see `hsic_lasso`)."""
-
-DEFAULT_BLOCK_MEMORY = 32 << 20
-"""Bytes of centered block Grams built at once in block mode when memory_limit is None. Small on
-purpose: glibc maps every allocation above 32 MiB afresh and the kernel then faults in each of its
-pages (an 83 MB buffer: 66 ms to fill fresh, 8 ms reused), while smaller batches reuse the heap; at
-n = d = 2000 (B = 20, M = 3) 256 MiB batches took 3.6-4.5 s, 32 MiB ones 2.8-3.8 s."""
 
 PATH_ALPHAS = 100
 PATH_EPS = 1e-3
@@ -88,141 +82,6 @@ def _check_args(alpha, n_select, omega, block_size, n_permutations, n: int, c: i
     check_int(n_permutations, "n_permutations", 1)
     if n_permutations > 1 and block_size is None:
         raise ValueError("n_permutations > 1 needs block_size: permuting all n samples changes nothing")
-
-
-def _upper_pack(size: int, device, dtype):
-    """Flat indices of the upper triangle of a size × size matrix and the weights (√2 off the diagonal,
-    1 on it) that make the packed vectors' inner products equal the full Frobenius ones."""
-    iu = torch.triu_indices(size, size, device=device)
-    w = torch.full((iu.shape[1],), math.sqrt(2.0), dtype=dtype, device=device)
-    w[iu[0] == iu[1]] = 1
-    return iu[0] * size + iu[1], w
-
-
-def _inverse(norms: torch.Tensor) -> torch.Tensor:
-    """1 / norms, with 0 where a norm is 0 (an all-zero Gram stays zero under normalisation)."""
-    return torch.where(norms > 0, 1 / torch.where(norms > 0, norms, 1), 0)
-
-
-def _block_statistics(
-    f, y, kernel, y_kernel, gamma, y_gamma, block_size, n_permutations, seed, normalize, backend, memory_limit
-):
-    """Block HSIC (Yamada et al. 2018): Q, b, c summed over blocks of block_size samples, n_rows.
-
-    Blocks are built in batches: sample j of every block in the batch is sample j of one (B, C·g, D)
-    tensor, so one `centered_gram` call centres each block's Grams on their own and one matrix
-    product adds the whole batch to Q, without the Python cost of one call per block.
-    """
-    n, c, d = f.shape
-    bs = block_size
-    n_blocks = n // bs
-    if n % bs:
-        logger.warning(
-            "block_size %d does not divide n = %d: the last %d samples of each pass are unused", bs, n, n % bs
-        )
-    passes = n_permutations if n_blocks > 1 else 1
-    flat, w = _upper_pack(bs, f.device, f.dtype)
-    per_block = 3 * c * bs * bs * f.element_size()
-    batch = max(1, min(n_blocks, (memory_limit or DEFAULT_BLOCK_MEMORY) // per_block))
-    q = f.new_zeros(c, c)
-    b = f.new_zeros(c)
-    c_total = f.new_zeros(())
-    raw_diag = f.new_zeros(c)
-    gen = torch.Generator().manual_seed(seed)
-    for p in range(passes):
-        order = torch.arange(n) if p == 0 else torch.randperm(n, generator=gen)
-        order = order.to(f.device)
-        for s in range(0, n_blocks, batch):
-            g = min(batch, n_blocks - s)
-            idx = order[s * bs : (s + g) * bs]
-            # channel-major (k·g + j): the packed Grams come out as the (C, g·P) operand of Q's product
-            xb = f.index_select(0, idx).view(g, bs, c, d).permute(1, 2, 0, 3).reshape(bs, c * g, d)
-            kp = centered_gram(xb, kernel, gamma, backend=backend).view(c * g, bs * bs).index_select(1, flat)
-            kp = kp.mul_(w).view(c, g, -1)
-            yb = y.index_select(0, idx)
-            lbar = [
-                output_gram(yb[j * bs : (j + 1) * bs], bs, y_kernel, y_gamma, like=f, backend=backend)
-                for j in range(g)
-            ]
-            lp = torch.stack(lbar).view(g, bs * bs).index_select(1, flat).mul_(w)
-            norms = torch.linalg.vector_norm(kp, dim=2)
-            raw_diag += norms.square().sum(1)
-            if normalize:
-                kp.mul_(_inverse(norms)[:, :, None])
-                lp.mul_(_inverse(torch.linalg.vector_norm(lp, dim=1))[:, None])
-            m = kp.view(c, -1)
-            _add_upper_gram(q, m)
-            b.addmv_(m, lp.reshape(-1))
-            c_total += (lp * lp).sum()
-    q = _mirror_upper(q)
-    return q, b, c_total, passes * n_blocks * bs * bs, raw_diag
-
-
-def _normalized(q, b, c):
-    """Statistics of the Frobenius-normalised Grams K̄_k/‖K̄_k‖_F, L̄/‖L̄‖_F; zero-norm Grams stay 0."""
-    diag = q.diagonal().clamp_min(0)
-    inv = torch.where(diag > 0, diag.rsqrt(), 0)
-    inv_c = torch.where(c > 0, c.clamp_min(torch.finfo(c.dtype).tiny).rsqrt(), 0)
-    return q * inv[:, None] * inv[None, :], b * inv * inv_c, (c > 0).to(c.dtype)
-
-
-def _statistics(
-    x, y, kernel, y_kernel, gamma, y_gamma, normalize, block_size, n_permutations, seed, backend, memory_limit
-):
-    n, c = x.shape[:2]
-    check_tensor(y, "y")
-    if y.dim() == 0 or y.shape[0] != n:
-        raise ValueError(
-            f"y must have n = {n} samples in its first dimension (like x), got shape {tuple(y.shape)}"
-        )
-    if y_kernel is None and y.is_floating_point():
-        y_kernel = kernel
-    if block_size is None:
-        q, b, cc = hsic_matrix(
-            x, y, kernel, y_kernel, gamma, y_gamma, backend=backend, memory_limit=memory_limit
-        )
-        n_rows = n * n
-        raw_diag = q.diagonal().clone()
-        if normalize:
-            q, b, cc = _normalized(q, b, cc)
-    else:
-        q, b, cc, n_rows, raw_diag = _block_statistics(
-            features(x),
-            y,
-            kernel,
-            y_kernel,
-            gamma,
-            y_gamma,
-            block_size,
-            n_permutations,
-            seed,
-            normalize,
-            backend,
-            memory_limit,
-        )
-    if not (torch.isfinite(q).all() and torch.isfinite(b).all() and torch.isfinite(cc)):
-        raise ValueError(
-            "the HSIC statistics of x and y (Q, b, c) are not finite: x or y overflowed the kernel; "
-            "rescale x or y, pass float64 x, or use a bounded kernel ('laplace', 'gaussian')"
-        )
-    const = _constant_channels(x.reshape(n, c, -1), raw_diag)
-    if const.numel():
-        q[const, :] = 0
-        q[:, const] = 0
-        b[const] = 0
-    return q.double(), b.double(), n_rows
-
-
-def _constant_channels(f: torch.Tensor, raw_diag: torch.Tensor) -> torch.Tensor:
-    """Indices of the channels identical in every sample. Their centered Grams are zero up to rounding,
-    which normalisation or a small alpha could blow up into a selection; their statistics are set to
-    exactly 0. Only channels whose Gram norm is at rounding level are compared sample by sample."""
-    top = raw_diag.max().clamp_min(0)
-    cand = torch.nonzero(raw_diag <= top * torch.finfo(raw_diag.dtype).eps).flatten()
-    if cand.numel() == 0:
-        return cand
-    sub = f[:, cand]
-    return cand[(sub == sub[:1]).all(dim=2).all(dim=0)]
 
 
 def _nnz(coef: torch.Tensor) -> int:
@@ -349,6 +208,11 @@ class HSICLassoProblem:
         return self._q, self.hsic, self._n_rows
 
     @classmethod
+    def from_statistics(cls, stats: GramStatistics, positive: bool = True) -> "HSICLassoProblem":
+        """The problem of a `GramStatistics`' sums (`lasso_statistics`)."""
+        return cls(*stats.lasso_statistics(), positive)
+
+    @classmethod
     def from_data(
         cls,
         x,
@@ -367,21 +231,18 @@ class HSICLassoProblem:
         memory_limit=None,
     ) -> "HSICLassoProblem":
         """The statistics of x (n, C, *spatial) against y (n, *); arguments as for `hsic_lasso`."""
-        q, b, n_rows = _statistics(
-            x,
-            y,
-            kernel,
-            y_kernel,
-            gamma,
-            y_gamma,
-            normalize,
-            block_size,
-            n_permutations,
-            seed,
-            backend,
-            memory_limit,
+        stats = GramStatistics(
+            kernel, y_kernel, gamma, y_gamma, normalize=normalize, backend=backend, memory_limit=memory_limit
         )
-        return cls(q, b, n_rows, positive)
+        return cls._from_samples(Samples.check(x, y), stats, block_size, n_permutations, seed, positive)
+
+    @classmethod
+    def _from_samples(cls, samples, stats, block_size, n_permutations, seed, positive):
+        if block_size is None:
+            stats.add(samples)
+        else:
+            stats.add_blocks(samples, block_size, n_permutations, seed)
+        return cls.from_statistics(stats, positive)
 
     @property
     def num_channels(self) -> int:
@@ -494,31 +355,18 @@ def hsic_lasso(
     and their coefficient is 0. Bad arguments raise ValueError naming them; so do non-finite statistics.
     Returns an `HSICLassoResult`; everything on x's device.
     """
-    check_tensor(x, "x")
-    if x.dim() < 2 or x.shape[0] < 2 or x.numel() == 0:
-        features(x)  # raises the shape error that names x
-    n, c = x.shape[:2]
+    samples = Samples.check(x, y)
+    n, c = samples.x.shape[:2]
     alpha = _check_alpha(alpha)
     _check_args(alpha, n_select, omega, block_size, n_permutations, n, c)
     check_int(seed, "seed")
+    stats = GramStatistics(
+        kernel, y_kernel, gamma, y_gamma, normalize=normalize, backend=backend, memory_limit=memory_limit
+    )
 
     t0 = time.perf_counter()
-    problem = HSICLassoProblem.from_data(
-        x,
-        y,
-        positive=positive,
-        kernel=kernel,
-        y_kernel=y_kernel,
-        gamma=gamma,
-        y_gamma=y_gamma,
-        normalize=normalize,
-        block_size=block_size,
-        n_permutations=n_permutations,
-        seed=seed,
-        backend=backend,
-        memory_limit=memory_limit,
-    )
-    synchronize(x.device)
+    problem = HSICLassoProblem._from_samples(samples, stats, block_size, n_permutations, seed, positive)
+    synchronize(samples.x.device)
     t1 = time.perf_counter()
     if not bool((problem.hsic != 0).any()):
         if problem._solver.active.numel() == 0:
@@ -531,7 +379,7 @@ def hsic_lasso(
         else:
             used = DEFAULT_ALPHA_FRACTION * problem.alpha_max() if alpha is None else float(alpha)
             used, coef, selected = problem.select(used, omega)
-    synchronize(x.device)
+    synchronize(samples.x.device)
     t2 = time.perf_counter()
     return HSICLassoResult(
         coef=coef,
