@@ -134,8 +134,9 @@ def _error(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:300]
 
 
-def run_one(name: str) -> dict:
-    """Everything the table shows for one model, in this process."""
+def run_one(name: str, emit=lambda row: None) -> dict:
+    """Everything the table shows for one model, in this process; emit(row) after every phase, so that
+    a run cut short still reports what it found."""
     from apib.groups import FlopsModel, count_flops, dependency_graph, find_groups
     from apib.pruning import prune
 
@@ -152,6 +153,7 @@ def run_one(name: str) -> dict:
         row["groups"] = len(groups)
         row["flops"] = total
         row["max_reduction"] = 1 - FlopsModel(groups, total, per_module)([1] * len(groups)) / total
+        emit(row)
     except Exception as err:  # noqa: BLE001 - every failure is a row of the table
         row["error"] = _error(err)
         row["time_s"] = time.perf_counter() - t0
@@ -172,6 +174,7 @@ def run_one(name: str) -> dict:
                     run["traceback"] = traceback.format_exc(limit=-3)
             run["time_s"] = time.perf_counter() - t1
             row["runs"][f"{criterion}@{target}"] = run
+            emit(row)
     row["time_s"] = time.perf_counter() - t0
     return row
 
@@ -182,14 +185,28 @@ def run_isolated(name: str, timeout: float) -> dict:
     t0 = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"model": name, "runs": {}, "error": f"timeout after {timeout:.0f} s", "time_s": timeout}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode == 0 and lines:
-        return json.loads(lines[-1])
+    except subprocess.TimeoutExpired as err:
+        row = _last_row(err.stdout) or {"model": name, "runs": {}}
+        doing = next((k for k in _RUNS if k not in row["runs"]), None) if "groups" in row else None
+        row["error"] = f"timeout after {timeout:.0f} s" + (f" (in {doing})" if doing else "")
+        row["time_s"] = timeout
+        return row
+    row = _last_row(done.stdout)
+    if done.returncode == 0 and row:
+        return row
     reason = "killed (out of memory?)" if done.returncode < 0 else f"exit status {done.returncode}"
     tail = (done.stderr.strip().splitlines() or [""])[-1][:200]
     return {"model": name, "runs": {}, "error": f"{reason}: {tail}", "time_s": time.perf_counter() - t0}
+
+
+_RUNS = [f"{c}@{t}" for c in CRITERIA for t in TARGETS]
+
+
+def _last_row(stdout) -> dict | None:
+    if isinstance(stdout, bytes):
+        stdout = stdout.decode(errors="replace")
+    lines = [line for line in (stdout or "").splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else None
 
 
 def _cell(run: dict | None) -> str:
@@ -208,7 +225,7 @@ def _first_error(row: dict) -> str:
 
 
 def markdown(rows: list[dict], env: dict, args) -> str:
-    runs = [f"{c}@{t}" for c in CRITERIA for t in TARGETS]
+    runs = _RUNS
     reached = {k: sum(1 for r in rows if r.get("runs", {}).get(k, {}).get("within")) for k in runs}
     tried = [r for r in rows if "skipped" not in r]
     lines = [
@@ -257,16 +274,22 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per model (default 1800)")
     parser.add_argument("--max-params", type=float, default=150e6, help="skip larger models (default 150e6)")
     parser.add_argument("--results", default=RESULTS, help="output folder (default benchmarks/results/)")
+    parser.add_argument(
+        "--update", action="store_true", help="rerun these models into the existing table, keeping the others"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(run_one(args.worker)))
+        print(json.dumps(run_one(args.worker, emit=lambda row: print(json.dumps(row), flush=True))))
         return 0
     names = args.models or (list(QUICK) if args.quick else all_models())
     env = environment("cpu")
     slug = re.sub(r"[^A-Za-z0-9]+", "-", env["device"]).strip("-").lower()
     stem = os.path.join(args.results, f"zoo_{slug}" + ("_quick" if args.quick else ""))
     rows = []
+    if args.update and os.path.exists(stem + ".json"):
+        with open(stem + ".json") as f:
+            rows = [r for r in json.load(f)["rows"] if r["model"] not in names]
     for name in names:
         params = count_params(name)
         if params > args.max_params:
