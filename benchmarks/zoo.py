@@ -232,7 +232,7 @@ def markdown(rows: list[dict], env: dict, args) -> str:
         "# Model zoo: what the default call prunes",
         "",
         f"{env['device']} (torch device cpu); torch {env['torch']}, python {env['python']}; commit "
-        f"{env['commit']}; {env['date']}.",
+        f"{', '.join(sorted({r.get('commit', env['commit']) for r in rows}))}; {env['date']}.",
         "",
         f"Random weights, 10 classes, {IMAGES} random images of {SIZE}² (224² for fixed-size models), "
         "tolerance 1%. `apib`: `apib.prune(model, calib, flops_reduction=r)`; `l1`: `criterion='l1'` (one "
@@ -289,7 +289,10 @@ def main(argv=None) -> int:
     rows = []
     if args.update and os.path.exists(stem + ".json"):
         with open(stem + ".json") as f:
-            rows = [r for r in json.load(f)["rows"] if r["model"] not in names]
+            old = json.load(f)
+        rows = [r for r in old["rows"] if r["model"] not in names]
+        for r in rows:
+            r.setdefault("commit", old["environment"]["commit"])
     for name in names:
         params = count_params(name)
         if params > args.max_params:
@@ -300,6 +303,7 @@ def main(argv=None) -> int:
             }
         else:
             row = run_isolated(name, args.timeout)
+        row["commit"] = env["commit"]
         rows.append(row)
         print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'runs'})}", flush=True)
         record = {"environment": env, "images": IMAGES, "size": SIZE, "targets": TARGETS, "rows": rows}
