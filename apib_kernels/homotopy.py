@@ -32,7 +32,8 @@ import math
 import numpy as np
 import torch
 
-from apib_kernels.lasso import _PIVOT_REL, _problems
+from apib_kernels.lasso import prepare_gram
+from apib_kernels.lasso_batched import PIVOT_REL
 from apib_kernels.validation import check_int, check_number
 
 logger = logging.getLogger("apib_kernels")
@@ -40,7 +41,7 @@ logger = logging.getLogger("apib_kernels")
 # A knot whose optimality conditions fail by more than this fraction of max|b| is reported.
 _KKT_WARN = 1e-8
 
-__all__ = ["lasso_knots"]
+__all__ = ["knots_prepared", "lasso_knots"]
 
 
 def _factor(M: np.ndarray) -> np.ndarray | None:
@@ -49,7 +50,7 @@ def _factor(M: np.ndarray) -> np.ndarray | None:
         L = np.linalg.cholesky(M)
     except np.linalg.LinAlgError:
         return None
-    if not np.all(np.diag(L) ** 2 > _PIVOT_REL * np.diag(M)):
+    if not np.all(np.diag(L) ** 2 > PIVOT_REL * np.diag(M)):
         return None
     return L
 
@@ -70,7 +71,7 @@ def _grow(L: np.ndarray, col: np.ndarray, diag: float) -> np.ndarray | None:
     numerically zero (by `_factor`'s rule)."""
     v = _triangular(L, col)
     pivot = diag - float(v @ v)
-    if not pivot > _PIVOT_REL * diag:
+    if not pivot > PIVOT_REL * diag:
         return None
     k = len(v)
     out = np.zeros((k + 1, k + 1))
@@ -107,7 +108,7 @@ def _first_leave(beta_a, signs, u):
     return (float(t[r]), r) if r >= 0 else (math.inf, -1)
 
 
-def lasso_knots(Q, b, n_rows, *, positive=True, alpha_min=0.0, max_steps=None):
+def lasso_knots(Q, b, n_rows, *, positive=True, alpha_min=0.0, max_steps=None, n_nonzero=None):
     """The exact regularization path: every knot (penalty where the active set changes) from alpha_max
     down to alpha_min, and the solution there; in between, the solution is the linear interpolation of
     its two neighbouring knots (in alpha).
@@ -116,19 +117,40 @@ def lasso_knots(Q, b, n_rows, *, positive=True, alpha_min=0.0, max_steps=None):
     (K,) (int64). alphas[0] is where the path starts, coefs[0] = 0 there: the larger of alpha_min and
     max_j b_j / n_rows (signed: max_j |b_j| / n_rows) over the non-constant channels. alphas[-1] =
     alpha_min unless the path stopped above it after max_steps steps (joins, leaves, ties and refused
-    joins each take one; default 10·C + 10), which is logged as a warning. positive as in `lasso_gram`.
+    joins each take one; default 10·C + 10), which is logged as a warning — or, given n_nonzero, at the
+    lower knot of the first segment whose solutions have at least n_nonzero non-zeros (where a search for
+    a channel count can stop). positive as in `lasso_gram`.
     Runs on the CPU in float64; the results have the promoted input dtype and Q's device. See the module
     docstring for the method and for singular Grams; `lasso_path` gives solutions on a grid of penalties
     instead.
     """
-    q_t, b_t, batched, dtype, device = _problems(Q, b)
+    q_t, b_t, batched, dtype, device = prepare_gram(Q, b)
     if batched:
         raise ValueError(f"lasso_knots solves one problem: Q must be (C, C), got shape {tuple(Q.shape)}")
+    alphas, coefs = knots_prepared(
+        q_t[0],
+        b_t[0],
+        n_rows,
+        positive=positive,
+        alpha_min=alpha_min,
+        max_steps=max_steps,
+        n_nonzero=n_nonzero,
+    )
+    out = coefs.to(device=device, dtype=dtype)
+    return alphas.to(device), out, (out != 0).sum(1)
+
+
+def knots_prepared(q_t, b_t, n_rows, *, positive=True, alpha_min=0.0, max_steps=None, n_nonzero=None):
+    """`lasso_knots` on one problem's operands as `prepare_gram` gives them — float64 CPU q (C, C)
+    (symmetric) and b (C,), neither checked nor copied again — for callers that hold them already.
+    Returns alphas (K,) and coefs (K, C), float64 on the CPU."""
     n = check_number(n_rows, "n_rows", positive=True)
     a_min = check_number(alpha_min, "alpha_min")
-    q, bb = q_t[0].numpy(), b_t[0].numpy()
+    q, bb = q_t.numpy(), b_t.numpy()
     c = bb.shape[0]
     limit = check_int(max_steps, "max_steps", 1) if max_steps is not None else 10 * c + 10
+    stop = check_int(n_nonzero, "n_nonzero", 1) if n_nonzero is not None else None
+    reached = False
     positive = bool(positive)
     lam_min = a_min * n
 
@@ -154,8 +176,9 @@ def lasso_knots(Q, b, n_rows, *, positive=True, alpha_min=0.0, max_steps=None):
     L = _factor(q[np.ix_(active, active)]) if active else None
     p, w = line(L) if active else (None, None)
     for _ in range(limit):
-        if not active or lam <= lam_min:
+        if not active or lam <= lam_min or reached:
             break
+        segment = len(active)  # the non-zeros from this knot down to the next
         w_full[:] = 0.0
         w_full[active] = w
         a = (
@@ -214,9 +237,10 @@ def lasso_knots(Q, b, n_rows, *, positive=True, alpha_min=0.0, max_steps=None):
         if lam < lams[-1]:
             lams.append(lam)
             coefs.append(beta.copy())
+            reached = stop is not None and segment >= stop
         else:
             coefs[-1] = beta.copy()
-    if lam > lam_min:
+    if lam > lam_min and not reached:
         logger.warning(
             "lasso_knots: stopped after max_steps=%d steps at alpha=%.3g, above alpha_min=%.3g",
             limit,
@@ -230,6 +254,4 @@ def lasso_knots(Q, b, n_rows, *, positive=True, alpha_min=0.0, max_steps=None):
             "knot, after a degenerate tie; lasso_gram or lasso_path solve those penalties exactly",
             worst / scale,
         )
-    alphas = torch.tensor(lams, dtype=torch.float64) / n
-    out = torch.from_numpy(np.stack(coefs)).to(device=device, dtype=dtype)
-    return alphas.to(device), out, (out != 0).sum(1)
+    return torch.tensor(lams, dtype=torch.float64) / n, torch.from_numpy(np.stack(coefs))

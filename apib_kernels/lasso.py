@@ -7,7 +7,8 @@ With Q = AᵀA, b = Aᵀy, c = yᵀy for a design A of n_rows rows this is exact
 (for the HSIC Lasso, n_rows = n², the number of entries of a centered Gram). c only shifts the value,
 so the solvers never need it.
 
-Two solvers (`backend`):
+Two solvers (`solver=`; named apart from the kernels' `backend=`, whose registry chooses among compiled,
+Triton and torch implementations of one op by device — these are two algorithms with their own costs):
 - "cpu": cyclic coordinate descent on the Gram form (gradient g = b − Qβ kept up to date, O(C) per
   coordinate that moves, O(1) per one that does not), glmnet-style alternation of full sweeps and sweeps
   over the non-zero coordinates, and a support Newton step that ends the long tail CD has on correlated
@@ -44,26 +45,29 @@ import numpy as np
 import torch
 
 from apib_kernels import _ext
-from apib_kernels.lasso_batched import solve_batched
+from apib_kernels.lasso_batched import PIVOT_REL, solve_batched
 from apib_kernels.validation import check_finite, check_int, check_number, check_tensor
 
 logger = logging.getLogger("apib_kernels")
 
-# keep equal to kPivotRel, kObjectiveSlack and kGrowthNoise in csrc/cpu/lasso_cpu.cpp
-_PIVOT_REL = 1e-10
+# keep equal to kObjectiveSlack and kGrowthNoise in csrc/cpu/lasso_cpu.cpp (PIVOT_REL: kPivotRel)
 _OBJECTIVE_SLACK = 1e-13
 _GROWTH_NOISE = 1e-9
 
 __all__ = [
-    "GramProblem",
+    "LASSO_SOLVERS",
     "alpha_max",
     "collect_convergence_warnings",
     "lasso_gram",
     "lasso_objective",
     "lasso_path",
+    "penalty_grid",
+    "prepare_gram",
+    "resolve_solver",
+    "solve_prepared",
 ]
 
-LASSO_BACKENDS = ("cpu", "torch")
+LASSO_SOLVERS = ("cpu", "torch")
 """The solvers: "cpu" (compiled coordinate descent, or its numpy fallback) and "torch" (`solve_batched`)."""
 
 
@@ -84,10 +88,11 @@ def _check_float_tensor(t, name: str) -> None:
         raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
 
 
-def _problems(Q, b, device="cpu"):
+def prepare_gram(Q, b, device="cpu", *, check: bool = True):
     """Validates Q (C, C) / (B, C, C) and b (C,) / (B, C); returns float64 copies on `device` (B, C, C),
     (B, C), whether the input was batched, and the result dtype and device (the promoted input dtype and
-    Q's device)."""
+    Q's device) — the operands of `solve_prepared` and `lasso_knots`. check=False skips the scans of Q
+    and b (finite values, Q's diagonal >= 0) for statistics that are known to pass them."""
     _check_float_tensor(Q, "Q")
     _check_float_tensor(b, "b")
     if Q.dim() not in (2, 3) or Q.shape[-1] != Q.shape[-2] or Q.shape[-1] == 0:
@@ -100,10 +105,11 @@ def _problems(Q, b, device="cpu"):
         raise ValueError(f"b must have shape {want} = {tuple(Q.shape[:-1])} to match Q, got {tuple(b.shape)}")
     if b.device != Q.device:
         raise ValueError(f"b must be on Q's device {Q.device}, got {b.device}")
-    check_finite(Q, "Q")
-    check_finite(b, "b")
+    if check:
+        check_finite(Q, "Q")
+        check_finite(b, "b")
     q = Q.detach().to(device, torch.float64).reshape(-1, *Q.shape[-2:])
-    if bool((q.diagonal(dim1=1, dim2=2) < 0).any()):
+    if check and bool((q.diagonal(dim1=1, dim2=2) < 0).any()):
         raise ValueError("Q must be positive semidefinite, but it has a negative diagonal entry")
     # Only the symmetric part enters the objective; averaging removes GEMM rounding asymmetry.
     q = (q + q.transpose(1, 2)) * 0.5
@@ -111,15 +117,15 @@ def _problems(Q, b, device="cpu"):
     return q.contiguous(), bb.contiguous(), batched, torch.promote_types(Q.dtype, b.dtype), Q.device
 
 
-def _backend(backend, Q) -> tuple[str, torch.device]:
-    """The solver for Q and where it solves: `backend` if given, else "torch" for CUDA inputs and "cpu"
+def resolve_solver(solver, Q) -> tuple[str, torch.device]:
+    """The solver for Q and where it solves: `solver` if given, else "torch" for CUDA inputs and "cpu"
     otherwise; "cpu" solves on the CPU, "torch" on Q's device."""
-    if backend is not None and backend not in LASSO_BACKENDS:
-        raise ValueError(f"backend must be one of {LASSO_BACKENDS} or None, got {backend!r}")
+    if solver is not None and solver not in LASSO_SOLVERS:
+        raise ValueError(f"solver must be one of {LASSO_SOLVERS} or None, got {solver!r}")
     _check_float_tensor(Q, "Q")
-    if backend is None:
-        backend = "torch" if Q.device.type == "cuda" else "cpu"
-    return backend, Q.device if backend == "torch" else torch.device("cpu")
+    if solver is None:
+        solver = "torch" if Q.device.type == "cuda" else "cpu"
+    return solver, Q.device if solver == "torch" else torch.device("cpu")
 
 
 def _alphas(alpha, batch: int, batched: bool) -> torch.Tensor:
@@ -208,7 +214,7 @@ def _cholesky(M):
     L = np.zeros_like(M)
     for c in range(k):
         s = M[c, c] - L[c, :c] @ L[c, :c]
-        if not s > _PIVOT_REL * M[c, c]:
+        if not s > PIVOT_REL * M[c, c]:
             return L, c
         L[c, c] = math.sqrt(s)
         L[c + 1 :, c] = (M[c + 1 :, c] - L[c + 1 :, :c] @ L[c, :c]) / L[c, c]
@@ -335,14 +341,14 @@ def _solve_numpy(Q, b, alpha, coef0, n_rows, positive, tol, max_iter, newton):
     return torch.from_numpy(coef), torch.from_numpy(n_iter), torch.from_numpy(viol)
 
 
-def _solve(Q, b, alpha, coef0, n_rows, positive, tol, max_iter, newton, compiled=None, backend="cpu"):
+def _solve(Q, b, alpha, coef0, n_rows, positive, tol, max_iter, newton, compiled=None, solver="cpu"):
     """Float64 Q (B, C, C), b (B, C), alpha (B,), coef0 (B, C) -> coef (B, C), sweeps or iterations (B,)
     and the final KKT violation / max|b| (B,), logging a warning for problems that did not converge.
 
-    backend "cpu": the inputs on the CPU; the compiled op, or (compiled=False, or without the extension)
+    solver "cpu": the inputs on the CPU; the compiled op, or (compiled=False, or without the extension)
     the numpy fallback; newton as in `lasso_gram`. "torch": `solve_batched` on the inputs' device.
     """
-    if backend == "torch":
+    if solver == "torch":
         out, unit = solve_batched(Q, b, alpha, coef0, n_rows, positive, tol, max_iter), "iterations"
     else:
         if compiled is None:
@@ -441,7 +447,7 @@ def collect_convergence_warnings():
 
 
 def lasso_gram(
-    Q, b, alpha, n_rows, *, positive=True, tol=1e-7, max_iter=10_000, coef0=None, newton=True, backend=None
+    Q, b, alpha, n_rows, *, positive=True, tol=1e-7, max_iter=10_000, coef0=None, newton=True, solver=None
 ):
     """Solves the Lasso in Gram form: argmin_β (βᵀQβ − 2bᵀβ)/(2·n_rows) + alpha·‖β‖₁ (β ≥ 0 if positive).
 
@@ -455,37 +461,44 @@ def lasso_gram(
     Newton iterations ("torch"); coef0: warm start (projected onto β ≥ 0 when positive); newton: allow
     the CPU solver's support Newton steps (False: plain CD; the "torch" solver is always Newton).
     Coordinates with Q_jj = 0 (constant channels) get exactly 0.
-    backend: "cpu" — coordinate descent (compiled op, or numpy) on float64 CPU copies; "torch" — the
+    solver: "cpu" — coordinate descent (compiled op, or numpy) on float64 CPU copies; "torch" — the
     batched projected Newton solver, one call for all B problems, in float64 on Q's device (the GPU
     solver); None — "torch" for CUDA inputs, "cpu" otherwise.
 
     float32 or float64 inputs; the result has the promoted input dtype and Q's device.
     """
-    return GramProblem(Q, b, backend).solve(
-        alpha, n_rows, positive=positive, tol=tol, max_iter=max_iter, coef0=coef0, newton=newton
+    name, where = resolve_solver(solver, Q)
+    q, bb, batched, dtype, device = prepare_gram(Q, b, where)
+    coef = solve_prepared(
+        q,
+        bb,
+        batched,
+        alpha,
+        n_rows,
+        positive=positive,
+        tol=tol,
+        max_iter=max_iter,
+        coef0=coef0,
+        newton=newton,
+        solver=name,
     )
+    return coef.to(device=device, dtype=dtype)
 
 
-class GramProblem:
-    """Q and b validated and copied once (float64, symmetrised, on the solver's device), for callers that
-    solve the same problem at many penalties, such as a penalty search: `solve` takes `lasso_gram`'s
-    remaining arguments and returns what it returns, without re-checking and re-copying the C×C Q."""
-
-    def __init__(self, Q, b, backend=None):
-        self.backend, where = _backend(backend, Q)
-        self.q, self.b, self.batched, self.dtype, self.device = _problems(Q, b, where)
-
-    def solve(self, alpha, n_rows, *, positive=True, tol=1e-7, max_iter=10_000, coef0=None, newton=True):
-        a = _alphas(alpha, self.b.shape[0], self.batched).to(self.q.device)
-        n = check_number(n_rows, "n_rows", positive=True)
-        t = check_number(tol, "tol")
-        m = check_int(max_iter, "max_iter", 1)
-        c0 = _start(coef0, self.b, self.batched, bool(positive))
-        coef, _, _ = _solve(
-            self.q, self.b, a, c0, n, bool(positive), t, m, bool(newton), backend=self.backend
-        )
-        coef = coef if self.batched else coef[0]
-        return coef.to(device=self.device, dtype=self.dtype)
+def solve_prepared(
+    q, b, batched, alpha, n_rows, *, positive=True, tol=1e-7, max_iter=10_000, coef0=None, newton=True, solver
+):
+    """`lasso_gram` on operands from `prepare_gram` — float64 q (B, C, C), b (B, C) on the solver's device,
+    `batched` whether the problem was given as a batch — for callers that solve one problem at many
+    penalties: the scalars and coef0 are checked, Q and b are neither checked nor copied again.
+    Returns float64 coef (B, C), or (C,) when not batched, on q's device."""
+    a = _alphas(alpha, b.shape[0], batched).to(q.device)
+    n = check_number(n_rows, "n_rows", positive=True)
+    t = check_number(tol, "tol")
+    m = check_int(max_iter, "max_iter", 1)
+    c0 = _start(coef0, b, batched, bool(positive))
+    coef, _, _ = _solve(q, b, a, c0, n, bool(positive), t, m, bool(newton), solver=solver)
+    return coef if batched else coef[0]
 
 
 def lasso_objective(Q, b, c, coef, alpha, n_rows):
@@ -494,7 +507,7 @@ def lasso_objective(Q, b, c, coef, alpha, n_rows):
     Q (C, C), b (C,), coef (C,), c and alpha numbers -> 0-dim tensor; batched Q (B, C, C), b (B, C),
     coef (B, C), c and alpha numbers or (B,) -> (B,). On the CPU, float64.
     """
-    q, bb, batched, _, _ = _problems(Q, b)
+    q, bb, batched, _, _ = prepare_gram(Q, b)
     a = _alphas(alpha, bb.shape[0], batched)
     n = check_number(n_rows, "n_rows", positive=True)
     _check_float_tensor(coef, "coef")
@@ -530,6 +543,16 @@ def alpha_max(b, n_rows, positive=True):
     return torch.where(a * n < top, torch.nextafter(a, torch.full_like(a, math.inf)), a)
 
 
+def penalty_grid(top: float, n_alphas: int = 100, eps: float = 1e-3) -> torch.Tensor:
+    """The regularization path's grid: n_alphas penalties (float64, CPU) log-spaced from top = alpha_max
+    down to eps·top, as scikit-learn's lasso_path (a tiny positive constant when top is about 0)."""
+    if top <= np.finfo(np.float64).tiny:
+        return torch.full((n_alphas,), np.finfo(np.float64).resolution, dtype=torch.float64)
+    grid = torch.from_numpy(np.geomspace(top, top * eps, num=n_alphas))
+    grid[0] = top
+    return grid
+
+
 def lasso_path(
     Q,
     b,
@@ -541,7 +564,7 @@ def lasso_path(
     eps=1e-3,
     tol=1e-7,
     max_iter=10_000,
-    backend=None,
+    solver=None,
 ):
     """Solutions along a decreasing grid of penalties, each warm-started from the previous one.
 
@@ -549,12 +572,12 @@ def lasso_path(
     alphas[k], n_rows, positive=positive). Without `alphas`, K = n_alphas penalties log-spaced from
     alpha_max(b) down to eps·alpha_max(b), as scikit-learn's lasso_path; so coefs[0] is all zeros.
     Given `alphas` (numbers ≥ 0) are sorted decreasing. alphas are float64, coefs have the promoted
-    input dtype (as `lasso_gram`'s result); all on Q's device. backend: the solver, as in `lasso_gram`
-    ("torch": the batched projected Newton solver on Q's device, the default for CUDA inputs).
+    input dtype (as `lasso_gram`'s result); all on Q's device. solver: as in `lasso_gram` ("torch": the
+    batched projected Newton solver on Q's device, the default for CUDA inputs).
     """
-    problem = GramProblem(Q, b, backend)
-    q, bb, device = problem.q, problem.b, problem.device
-    if problem.batched:
+    name, where = resolve_solver(solver, Q)
+    q, bb, batched, dtype, device = prepare_gram(Q, b, where)
+    if batched:
         raise ValueError(f"lasso_path solves one problem: Q must be (C, C), got shape {tuple(Q.shape)}")
     n = check_number(n_rows, "n_rows", positive=True)
     t = check_number(tol, "tol")
@@ -565,12 +588,7 @@ def lasso_path(
         e = check_number(eps, "eps", positive=True)
         if e > 1:
             raise ValueError(f"eps must be in (0, 1] (the grid ends at eps·alpha_max), got {eps!r}")
-        top = float(alpha_max(bb[0], n, positive))
-        if top <= np.finfo(np.float64).tiny:
-            grid = torch.full((k,), np.finfo(np.float64).resolution, dtype=torch.float64)
-        else:
-            grid = torch.from_numpy(np.geomspace(top, top * e, num=k))
-            grid[0] = top
+        grid = penalty_grid(float(alpha_max(bb[0], n, positive)), k, e)
     else:
         if isinstance(alphas, torch.Tensor):
             grid = alphas.detach().to("cpu", torch.float64).reshape(-1)
@@ -585,7 +603,7 @@ def lasso_path(
     coefs = bb.new_empty(len(grid), bb.shape[1])
     beta = torch.zeros_like(bb)
     for i, a in enumerate(grid.to(bb.device)):
-        beta, _, _ = _solve(q, bb, a.reshape(1), beta, n, positive, t, m, True, backend=problem.backend)
+        beta, _, _ = _solve(q, bb, a.reshape(1), beta, n, positive, t, m, True, solver=name)
         coefs[i] = beta[0]
-    coefs = coefs.to(device=device, dtype=problem.dtype)
+    coefs = coefs.to(device=device, dtype=dtype)
     return grid.to(device), coefs, (coefs != 0).sum(1)

@@ -44,8 +44,9 @@ _ARMIJO = 1e-4
 _BACKTRACK = 0.5
 _N_STEPS = 20
 """The line search's geometric steps 1, ½, …, ½^(_N_STEPS−1)."""
-_PIVOT_REL = 1e-10
-"""A Cholesky pivot at most this fraction of its diagonal entry counts as singular (as in the CPU solver)."""
+PIVOT_REL = 1e-10
+"""A Cholesky pivot at most this fraction of its diagonal entry counts as singular: here, in the CPU
+solver (`apib_kernels.lasso`; csrc/cpu/lasso_cpu.cpp kPivotRel) and on the exact path (`lasso_knots`)."""
 _SHIFTS = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0)
 """Relative diagonal shifts (Q_jj -> (1 + shift)·Q_jj on F), tried in turn where a factorisation fails."""
 
@@ -151,7 +152,7 @@ def _newton_solve(Q, r, free):
 
 def _cholesky(M, m):
     """Lower Cholesky factors of the positive semidefinite M (B, C, C). Where a factorisation fails or has
-    a pivot below _PIVOT_REL of its diagonal entry (M numerically singular), the diagonal entries on the
+    a pivot below PIVOT_REL of its diagonal entry (M numerically singular), the diagonal entries on the
     mask m (B, C) are scaled by 1 + shift, for the shifts in _SHIFTS in turn until one succeeds."""
     factor, failed = _factor(M)
     for shift in _SHIFTS:
@@ -169,7 +170,7 @@ def _factor(M):
     """Cholesky factors of M (B, C, C) and whether each failed or is numerically singular (B,)."""
     factor, info = torch.linalg.cholesky_ex(M)
     pivots = factor.diagonal(dim1=1, dim2=2).square()
-    singular = (pivots <= _PIVOT_REL * M.diagonal(dim1=1, dim2=2)).any(1)
+    singular = (pivots <= PIVOT_REL * M.diagonal(dim1=1, dim2=2)).any(1)
     return factor, (info > 0) | singular
 
 

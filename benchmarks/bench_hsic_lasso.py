@@ -207,12 +207,12 @@ def part_a_solvers(args, device):
         alphas = args.alpha * torch.logspace(0, -1, SOLVER_BATCH, dtype=torch.float64, device=device)
         qs, bs = q.expand(SOLVER_BATCH, -1, -1).contiguous(), b.expand(SOLVER_BATCH, -1).contiguous()
         times, supports = {}, {}
-        for backend in ("cpu", "torch"):
-            one = functools.partial(ak.lasso_gram, q, b, args.alpha, n_rows, backend=backend)
-            many = functools.partial(ak.lasso_gram, qs, bs, alphas, n_rows, backend=backend)
+        for solver in ("cpu", "torch"):
+            one = functools.partial(ak.lasso_gram, q, b, args.alpha, n_rows, solver=solver)
+            many = functools.partial(ak.lasso_gram, qs, bs, alphas, n_rows, solver=solver)
             _settle()
-            times[backend] = (_best(one, device, args.repeats), _best(many, device, args.repeats))
-            supports[backend] = set(torch.nonzero(one()).flatten().tolist())
+            times[solver] = (_best(one, device, args.repeats), _best(many, device, args.repeats))
+            supports[solver] = set(torch.nonzero(one()).flatten().tolist())
         same = supports["cpu"] == supports["torch"]
         (c1, cb), (t1, tb) = times["cpu"], times["torch"]
         rows.append(
@@ -520,7 +520,7 @@ def main():
         record["solvers"] = rows
         sections["a2"] = (
             f"## (a2) The Lasso solvers on the same (Q, b), device {device.type}\n\n"
-            "`lasso_gram(Q, b, alpha, n², backend=...)` on each layer's statistics from (a): the compiled "
+            "`lasso_gram(Q, b, alpha, n², solver=...)` on each layer's statistics from (a): the compiled "
             'CPU coordinate descent ("cpu") against the batched projected Newton solver in tensor ops '
             f'("torch", on the device), at α = {args.alpha:g} and for {SOLVER_BATCH} penalties from α to '
             f"α/10 in one batched call; best of {args.repeats} after a warm-up. This decides which solver "

@@ -10,7 +10,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from apib_kernels.backends import BACKENDS, unavailable_reason  # noqa: E402
-from apib_kernels.lasso import GramProblem  # noqa: E402
+from apib_kernels.selection import HSICLassoProblem  # noqa: E402
 
 
 def backend_device(name: str) -> torch.device:
@@ -59,14 +59,14 @@ def _seed():
 
 @pytest.fixture
 def one_sweep_solves(monkeypatch):
-    """Every solve of a prepared Gram-form problem (each solve of apib_kernels.selection's searches) stops
+    """Every solve of an HSICLassoProblem (each solve of apib_kernels.selection's searches) stops
     after one plain CD sweep, so it does not converge; returns the list that grows by one entry per solve."""
     solves = []
-    solve = GramProblem.solve
+    solve = HSICLassoProblem.solve
 
     def one_sweep(self, *args, **kwargs):
         solves.append(1)
         return solve(self, *args, **{**kwargs, "max_iter": 1, "newton": False})
 
-    monkeypatch.setattr(GramProblem, "solve", one_sweep)
+    monkeypatch.setattr(HSICLassoProblem, "solve", one_sweep)
     return solves

@@ -12,7 +12,7 @@ import torch
 import apib_kernels as ak
 from apib_kernels import reference as ref
 from apib_kernels import selection
-from apib_kernels.lasso import GramProblem, alpha_max, lasso_gram
+from apib_kernels.lasso import alpha_max, lasso_gram
 from apib_kernels.selection import DEFAULT_ALPHA_FRACTION
 
 
@@ -369,8 +369,10 @@ def test_cuda_matches_cpu():
     assert set(gpu.selected[:2].tolist()) == planted
 
 
-def test_path_warns_about_non_convergence_once(one_sweep_solves, caplog):
-    # Every solve stopped after one plain CD sweep: the n_select path makes dozens of unconverged solves.
+def test_path_warns_about_non_convergence_once(one_sweep_solves, caplog, monkeypatch):
+    # Every solve stopped after one plain CD sweep: the n_select grid walk (the exact path's fallback above
+    # KNOTS_MAX_CHANNELS channels) makes dozens of unconverged solves.
+    monkeypatch.setattr(selection, "KNOTS_MAX_CHANNELS", 0)
     x, y, _ = _planted(n=40)
     with caplog.at_level(logging.WARNING, logger="apib_kernels"):
         ak.hsic_lasso(x, y, n_select=6)
@@ -385,13 +387,13 @@ def test_a_loose_search_tolerance_does_not_stick(monkeypatch):
     problem = ak.HSICLassoProblem.from_data(x, y)
     tols = []
 
-    solve = GramProblem.solve
+    solve = ak.HSICLassoProblem.solve
 
     def spy(self, *args, **kwargs):
         tols.append(kwargs["tol"])
         return solve(self, *args, **kwargs)
 
-    monkeypatch.setattr(GramProblem, "solve", spy)
+    monkeypatch.setattr(ak.HSICLassoProblem, "solve", spy)
     problem.select(0.5 * problem.alpha_max(), tol=1e-2)
     assert tols and set(tols) == {1e-2}
     tols.clear()

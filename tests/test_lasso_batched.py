@@ -1,4 +1,4 @@
-"""The batched projected Newton Lasso solver (`solve_batched`, lasso_gram's backend="torch") against
+"""The batched projected Newton Lasso solver (`solve_batched`, lasso_gram's solver="torch") against
 scikit-learn on the explicit design, the KKT conditions and the CPU solver; float64 on the CPU, plus the
 same on CUDA where there is a GPU."""
 
@@ -329,12 +329,12 @@ def test_max_iter_bounds_the_iterations(caplog):
     assert int(n_iter[0]) == 1 and float(viol[0]) > TOL
     assert float(viol[0]) == pytest.approx(relative_violation(Q, b, coef[0], alpha, n_rows, True), rel=1e-9)
     with caplog.at_level(logging.WARNING, logger="apib_kernels"):
-        lasso_gram(Q, b, alpha, n_rows, max_iter=1, backend="torch")
+        lasso_gram(Q, b, alpha, n_rows, max_iter=1, solver="torch")
     assert "did not converge in max_iter=1 iterations" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------------
-# lasso_gram and lasso_path with backend="torch"
+# lasso_gram and lasso_path with solver="torch"
 
 
 @pytest.fixture
@@ -352,25 +352,25 @@ def batched_calls(monkeypatch):
 
 
 @pytest.mark.parametrize("positive", [True, False], ids=["positive", "signed"])
-def test_lasso_gram_torch_backend(positive, batched_calls):
+def test_lasso_gram_torch_solver(positive, batched_calls):
     rng = np.random.default_rng(6)
     Q, b = batch_of(*(gram(*correlated_design(rng, 90, 40))[:2] for _ in range(4)))
     alphas = torch.tensor([0.5, 0.05, 0.005, 0.0], dtype=torch.float64) * alpha_max(b, 90, positive)
-    coef = lasso_gram(Q, b, alphas, 90, positive=positive, tol=TOL, backend="torch")
+    coef = lasso_gram(Q, b, alphas, 90, positive=positive, tol=TOL, solver="torch")
     assert batched_calls == ["cpu"] and coef.shape == (4, 40) and coef.dtype == torch.float64
-    cpu = lasso_gram(Q, b, alphas, 90, positive=positive, tol=TOL, backend="cpu")
+    cpu = lasso_gram(Q, b, alphas, 90, positive=positive, tol=TOL, solver="cpu")
     assert batched_calls == ["cpu"]
     np.testing.assert_array_equal(coef != 0, cpu != 0)
     torch.testing.assert_close(coef, cpu, rtol=0, atol=1e-7 * float(cpu.abs().max()))
     # one problem, float32 in and out
     q32, b32, alpha = Q[1].float(), b[1].float(), float(alphas[1])
-    one = lasso_gram(q32, b32, alpha, 90, positive=positive, tol=TOL, backend="torch")
+    one = lasso_gram(q32, b32, alpha, 90, positive=positive, tol=TOL, solver="torch")
     assert one.dtype == torch.float32 and one.shape == (40,)
-    one_cpu = lasso_gram(q32, b32, alpha, 90, positive=positive, tol=TOL, backend="cpu")
+    one_cpu = lasso_gram(q32, b32, alpha, 90, positive=positive, tol=TOL, solver="cpu")
     torch.testing.assert_close(one, one_cpu, rtol=0, atol=1e-6 * float(one_cpu.abs().max()))
 
 
-def test_default_backend_for_cpu_tensors_is_cpu(batched_calls):
+def test_default_solver_for_cpu_tensors_is_cpu(batched_calls):
     A, y = hsic_design(n=10, c=6)
     Q, b, _ = gram(A, y)
     lasso_gram(Q, b, 1e-4, 100)
@@ -379,13 +379,13 @@ def test_default_backend_for_cpu_tensors_is_cpu(batched_calls):
 
 
 @pytest.mark.parametrize("positive", [True, False], ids=["positive", "signed"])
-def test_lasso_path_torch_backend(positive, batched_calls):
+def test_lasso_path_torch_solver(positive, batched_calls):
     A, y = hsic_design(seed=4)
     Q, b, _ = gram(A, y)
     n_rows = A.shape[0]
-    alphas, coefs, nnz = lasso_path(Q, b, n_rows, positive=positive, n_alphas=12, backend="torch")
+    alphas, coefs, nnz = lasso_path(Q, b, n_rows, positive=positive, n_alphas=12, solver="torch")
     assert batched_calls == ["cpu"] * 12
-    cpu_alphas, cpu_coefs, cpu_nnz = lasso_path(Q, b, n_rows, positive=positive, n_alphas=12, backend="cpu")
+    cpu_alphas, cpu_coefs, cpu_nnz = lasso_path(Q, b, n_rows, positive=positive, n_alphas=12, solver="cpu")
     assert torch.equal(alphas, cpu_alphas) and torch.equal(nnz, cpu_nnz)
     assert bool((coefs[0] == 0).all()) and nnz.dtype == torch.int64
     torch.testing.assert_close(coefs, cpu_coefs, rtol=0, atol=1e-5 * float(cpu_coefs.abs().max()))
@@ -393,12 +393,12 @@ def test_lasso_path_torch_backend(positive, batched_calls):
         assert_kkt(Q, b, coefs[k], float(alphas[k]), n_rows, positive)
 
 
-def test_unknown_backend_is_rejected():
+def test_unknown_solver_is_rejected():
     Q, b = torch.eye(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="backend must be one of \\('cpu', 'torch'\\) or None, got 'bogus'"):
-        lasso_gram(Q, b, 0.1, 4, backend="bogus")
-    with pytest.raises(ValueError, match="backend must be one of"):
-        lasso_path(Q, b, 4, backend="gpu")
+    with pytest.raises(ValueError, match="solver must be one of \\('cpu', 'torch'\\) or None, got 'bogus'"):
+        lasso_gram(Q, b, 0.1, 4, solver="bogus")
+    with pytest.raises(ValueError, match="solver must be one of"):
+        lasso_path(Q, b, 4, solver="gpu")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -439,7 +439,7 @@ def test_cuda_inputs_are_solved_on_the_device(batched_calls):
     np.testing.assert_array_equal(out.cpu() != 0, cpu != 0)
     torch.testing.assert_close(out.cpu(), cpu, rtol=0, atol=1e-8 * float(cpu.abs().max()))
     # the CPU solver on request: solved on the CPU, returned on the device
-    on_cpu = lasso_gram(Q.cuda(), b.cuda(), alpha, n_rows, tol=1e-10, backend="cpu")
+    on_cpu = lasso_gram(Q.cuda(), b.cuda(), alpha, n_rows, tol=1e-10, solver="cpu")
     assert batched_calls == ["cuda"] and on_cpu.device.type == "cuda"
     assert torch.equal(on_cpu.cpu(), cpu)
 

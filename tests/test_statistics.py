@@ -1,10 +1,11 @@
 """GramStatistics: blocks of samples add, accumulators merge, one block is hsic_matrix exactly; and the
-HSIC Lasso problem built from it."""
+one problem type built on it (HSICLassoProblem.from_statistics, select_count along the exact path)."""
 
 import pytest
 import torch
 
 import apib_kernels as ak
+from apib_kernels import selection
 from apib_kernels.statistics import GramStatistics, Samples
 
 
@@ -101,3 +102,47 @@ def test_problem_from_statistics_is_from_data():
     for s, t in zip(a.statistics(), b.statistics(), strict=True):
         assert torch.equal(torch.as_tensor(s), torch.as_tensor(t))
     assert a.select_count(3)[2].tolist() == b.select_count(3)[2].tolist()
+
+
+def _first_stretch(problem, k):
+    """(top, bottom, its channels) of the first stretch of the exact path whose solutions keep at least k
+    channels, or None if none does."""
+    q, b, n_rows = problem.statistics()
+    alphas, coefs, _ = ak.lasso_knots(q, b, n_rows, positive=problem.positive)
+    counts = ((coefs[:-1] != 0) | (coefs[1:] != 0)).sum(1)
+    if not bool((counts >= k).any()):
+        return None
+    i = int(torch.nonzero(counts >= k)[0])
+    return (
+        float(alphas[i]),
+        float(alphas[i + 1]),
+        set(torch.nonzero(coefs[i + 1] + coefs[i]).flatten().tolist()),
+    )
+
+
+@pytest.mark.parametrize("positive", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_select_count_is_the_first_stretch_of_the_exact_path(positive, seed):
+    # n_select channels: those of the largest penalties keeping that many, which the exact path knows
+    # (the grid walk, the fallback, can step over a short stretch where the count dips and rises again)
+    x, y = _data(n=40, c=24, d=3, seed=seed)
+    problem = ak.HSICLassoProblem.from_data(x, y, positive=positive)
+    for k in (1, 2, 5, 12):
+        alpha, coef, selected = problem.select_count(k)
+        stretch = _first_stretch(problem, k)
+        if stretch is None:  # the path never keeps k: the least-penalised solution, filled by relevance
+            assert alpha == pytest.approx(selection.PATH_EPS * problem.alpha_max()) and len(selected) == k
+            continue
+        top, bottom, support = stretch
+        assert bottom < alpha < top
+        if len(support) == k:
+            assert set(selected.tolist()) == support
+
+
+def test_the_grid_walk_agrees_where_the_count_grows_steadily(monkeypatch):
+    x, y = _data(n=40, c=24, d=3, seed=1)
+    problem = ak.HSICLassoProblem.from_data(x, y)
+    along = [set(problem.select_count(k)[2].tolist()) for k in (1, 2, 3)]
+    monkeypatch.setattr(selection, "KNOTS_MAX_CHANNELS", 0)
+    walked = [set(problem.select_count(k)[2].tolist()) for k in (1, 2, 3)]
+    assert along == walked
