@@ -1,6 +1,5 @@
 """Allocation beyond the paper's rule: targets the least-penalised HSIC Lasso cannot reach."""
 
-
 import torch
 import torchvision
 
