@@ -2,9 +2,10 @@
 
 A prunable group is a set of channels removed together: the output channels of one convolution or
 linear layer (the producer) with everything torch-pruning's `DependencyGraph` couples to them —
-BatchNorm, activations, depthwise convolutions, concatenations, slices, squeeze-excitation gates —
-down to the layers that read them (the consumers: dense or grouped convolutions, and linear layers
-applied pointwise over the channels of a feature map, as in ConvNeXt).
+BatchNorm, activations, depthwise convolutions, concatenations, slices, flattening, squeeze-excitation
+gates — down to the layers that read them (the consumers: dense or grouped convolutions, and linear
+layers, applied pointwise over the channels of a feature map as in ConvNeXt, or to flattened or pooled
+features as in AlexNet's and VGG's fully connected layers).
 
 The policy is the paper's, extended to layers its reference code never met:
 - pruned by default: a group written by one producer (and by the gate convolutions of a
@@ -14,8 +15,9 @@ The policy is the paper's, extended to layers its reference code never met:
   outputs of several layers are summed (residual adds, RepVGG's branch sums), and groups read by both
   branches of a residual block (a stem read by a block's first convolution and by its projection
   shortcut: the input of the residual stream);
-- never: channels that reach the network's output or a classifier head (a linear layer on pooled or
-  flattened features), or pass an operation torch-pruning's graph does not model.
+- never: channels that reach the network's output or are read by the layer that computes it (the
+  classifier: the paper's policy keeps its input), or pass an operation torch-pruning's graph does not
+  model.
 On VGG-16, the CIFAR ResNets and ResNet-50 this is the reference code's policy exactly; on GoogLeNet
 the reference's groups (the inner channels of its branches) are joined by the stem and the branch
 outputs, read by the next module through the concatenation.
@@ -130,14 +132,14 @@ class PrunableGroup:
             )
 
 
-def _is_root(m: nn.Module, dg) -> bool:
-    """A layer whose output channels can root a group: a linear layer applied pointwise to feature maps
-    (not a classifier head), or a (non-transposed) convolution other than a depthwise one (whose
-    channels follow its input's group)."""
-    if m not in dg.module2node:
-        return False  # not run by the forward pass
+def _is_root(m: nn.Module, dg, finals: set) -> bool:
+    """A layer whose output channels can root a group: a linear layer, or a (non-transposed)
+    convolution other than a depthwise one (whose channels follow its input's group); not one that
+    computes the network's output."""
+    if m not in dg.module2node or id(m) in finals:
+        return False  # not run by the forward pass, or the classifier
     if isinstance(m, nn.Linear):
-        return dg.input_dims.get(id(m), 2) >= 3
+        return True
     return (
         isinstance(m, nn.modules.conv._ConvNd)
         and not m.transposed
@@ -172,6 +174,25 @@ def _is_constant(node, named: set, memo: dict) -> bool:
             id(node.module) not in named and all(_is_constant(i, named, memo) for i in node.inputs)
         )
     return memo[node]
+
+
+def _resizable(node) -> bool:
+    """Whether the model's own code still runs with fewer channels at this node. A torch.split on
+    channels takes its sizes from the model (MixNet's mixed convolutions, Res2Net), and so does a slice
+    of the channels such as `x[:, :self.out_chs]`: only a slice that keeps every channel (GhostNet's)
+    stays right whatever the count."""
+    if node.type == _OT.SPLIT:
+        return False
+    if node.type != _OT.SLICE:
+        return True
+    sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+    op = node.module
+    if sizes is None:
+        return False
+    channels = 2 if len(sizes) == 3 else 1
+    if op.dim % len(sizes) != channels:
+        return True  # a slice of other dimensions (spatial cropping)
+    return op.start == 0 and op.step == 1 and op.end >= sizes[channels]
 
 
 def _merge_kind(node, named: set, memo: dict) -> str | None:
@@ -280,29 +301,16 @@ def _unmappable(model: nn.Module, err: Exception, names: dict, where: str | None
 
 def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's graph of `model`, traced on `example_input` (autograd on, whatever the caller's
-    grad mode: the tracing follows grad_fn links). The graph also records `input_dims`, the rank of
-    each linear layer's input (pointwise layers see feature maps, classifier heads (n, features)).
-    Raises ValueError naming the model and the layer when torch-pruning cannot build or map it."""
-    names = {id(m): n for n, m in model.named_modules()}
-    dims = {}
-
-    def record(module, args):
-        if args and isinstance(args[0], torch.Tensor):
-            dims[id(module)] = args[0].dim()
-
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Linear)]
+    grad mode: the tracing follows grad_fn links). Raises ValueError naming the model and the layer
+    when torch-pruning cannot build or map it."""
     try:
         with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
     except Exception as err:
         if not _raised_by_torch_pruning(err):
             raise
+        names = {id(m): n for n, m in model.named_modules()}
         raise _unmappable(model, err, names) from err
-    finally:
-        for h in hooks:
-            h.remove()
-    dg.input_dims = dims
-    return dg
 
 
 def _pruning_group(model, dg, module: nn.Module, name: str, idxs, prune: bool = False):
@@ -319,6 +327,23 @@ def _pruning_group(model, dg, module: nn.Module, name: str, idxs, prune: bool = 
             raise
         names = {id(m): n for n, m in model.named_modules()}
         raise _unmappable(model, err, names, where=f"the output channels of {name!r}") from err
+
+
+def _final_layers(dg) -> set:
+    """ids of the weighted layers that compute the network's outputs (the classifier), found from the
+    graph's sinks (its outputs) back through everything but convolutions and linear layers."""
+    finals, seen = set(), set()
+    todo = [n for n in dg.module2node.values() if not n.outputs]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.type in _COUNTED:
+            finals.add(id(n.module))
+        else:
+            todo.extend(n.inputs)
+    return finals
 
 
 def _sum_merges(dg, named: set, memo: dict) -> set:
@@ -346,7 +371,7 @@ def _block_input(readers: list, group_nodes: set, sums: set) -> bool:
     return False
 
 
-def _build(dg, group, names: dict, named: set, memo: dict, sums: set, prune_residual: bool):
+def _build(dg, group, names: dict, named: set, memo: dict, sums: set, finals: set, prune_residual: bool):
     """The PrunableGroup of torch-pruning's `group` (rooted at a producer, all its channels), or None
     when the policy leaves it alone."""
     root = group[0].dep.target.module
@@ -359,7 +384,7 @@ def _build(dg, group, names: dict, named: set, memo: dict, sums: set, prune_resi
         dep, idxs, roots = item.dep, item.idxs, item.root_idxs
         node = dep.target
         out = dg.is_out_channel_pruning_fn(dep.handler)
-        if node.type not in _MODELLED:
+        if node.type not in _MODELLED or not _resizable(node):
             return None
         kind = _merge_kind(node, named, memo)
         if kind == "sum":
@@ -370,8 +395,8 @@ def _build(dg, group, names: dict, named: set, memo: dict, sums: set, prune_resi
         size = dg.get_out_channels(node) if out else dg.get_in_channels(node)
         if size is not None and any(not 0 <= i < size for i in idxs):
             return None  # torch-pruning mapped the channels past the layer's (a partial residual's slice)
-        if node.type == _OT.LINEAR and dg.input_dims.get(id(module), 2) < 3:
-            return None  # a classifier head, on pooled or flattened features
+        if not out and id(module) in finals:
+            return None  # read by the classifier, which the paper's policy leaves whole
         if _channel_groups(module) > 1 and not _tie(ties, module, out, idxs, roots):
             return None
         if node.type in _WEIGHTED:
@@ -436,17 +461,17 @@ def find_groups(
     with prune_residual, also the residual streams (see the module's docstring)."""
     names = {id(m): n for n, m in model.named_modules()}
     named, memo = set(names), {}
-    sums = _sum_merges(dg, named, memo)
+    sums, finals = _sum_merges(dg, named, memo), _final_layers(dg)
     seen, groups = set(), []
     for name, m in model.named_modules():
-        if id(m) in seen or not _is_root(m, dg):
+        if id(m) in seen or not _is_root(m, dg, finals):
             continue
         width = m.out_features if isinstance(m, nn.Linear) else m.out_channels
         group = _pruning_group(model, dg, m, name, range(width))
         for item in group:
             if item.dep.target.type in _WEIGHTED and dg.is_out_channel_pruning_fn(item.dep.handler):
                 seen.add(id(item.dep.target.module))
-        g = _build(dg, group, names, named, memo, sums, prune_residual)
+        g = _build(dg, group, names, named, memo, sums, finals, prune_residual)
         if g is not None:
             groups.append(g)
     return groups

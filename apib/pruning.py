@@ -245,7 +245,14 @@ def prune(
     t0 = time.perf_counter()
     for g, d in zip(groups, decisions, strict=True):
         prune_group(model, dg, g, d.kept)
-    flops_after, _ = count_flops(model, x0)
+    try:
+        flops_after, _ = count_flops(model, x0)
+    except Exception as err:  # the model's own code, run on the pruned layers
+        raise ValueError(
+            f"the pruned {type(model).__name__} no longer runs ({type(err).__name__}: "
+            f"{(str(err).strip().splitlines() or [''])[0]}): its code fixes a channel count that "
+            "torch-pruning's graph does not show (see apib.groups)"
+        ) from err
     model.apib_pruning = _config(decisions, tuple(x0.shape), opts.prune_residual)
     timings["surgery"] = time.perf_counter() - t0
     return PruneResult(

@@ -195,5 +195,6 @@ def _criterion_scores(
 
 
 def _feature_maps(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) maps for the feature-map criteria: a (N, C, L) input of a pointwise layer as L×1."""
-    return x.unsqueeze(-1) if x.dim() == 3 else x
+    """(N, C, H, W) maps for the feature-map criteria: a linear layer's (N, C, L) input as L×1 maps, its
+    (N, C) input (flattened or pooled features) as 1×1 maps."""
+    return x.reshape(*x.shape[:2], -1, 1) if x.dim() != 4 else x

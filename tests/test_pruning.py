@@ -536,6 +536,8 @@ def test_prune_residual_round_trips_through_a_file(tmp_path):
 
 
 class _AllResidual(nn.Module):
+    """conv1's channels are summed with conv2's; conv3 is read by the classifier."""
+
     def __init__(self):
         super().__init__()
         self.conv1, self.conv2, self.conv3 = (
@@ -543,10 +545,11 @@ class _AllResidual(nn.Module):
             nn.Conv2d(8, 8, 3, padding=1),
             nn.Conv2d(8, 4, 1),
         )
+        self.fc = nn.Linear(4, 3)
 
     def forward(self, x):
         x = torch.relu(self.conv1(x))
-        return self.conv3(x + torch.relu(self.conv2(x))).mean((2, 3))
+        return self.fc(self.conv3(x + torch.relu(self.conv2(x))).mean((2, 3)))
 
 
 def test_a_model_whose_only_groups_are_residual_says_so():
@@ -606,3 +609,76 @@ def test_l1_scores_a_gated_group_by_both_producers_filters_each_scaled_by_its_me
         model, None, _groups(model, 16), PruneOptions(criterion="l1"), torch.device("cpu"), False, {}
     )
     torch.testing.assert_close(layers[0].scores, l1_scores(model.conv1.weight).view(4, 4).mean(0))
+
+
+def test_fully_connected_layers_are_groups_but_the_classifiers_input_stays():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 24),
+        nn.ReLU(),
+        nn.Linear(24, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    ).eval()
+    groups = {g.producer: g for g in _groups(model, 16)}
+    assert set(groups) == {"0", "4"}  # "6" is read by the classifier "8"
+    flat = groups["0"].readers[0]
+    assert flat.name == "4" and flat.units == tuple(c // 4 for c in range(32))  # 2x2 features a channel
+    assert groups["4"].consumers == ("6",)
+
+
+def test_squeezenets_last_fire_feeds_the_classifier_conv_and_stays():
+    producers = {g.producer for g in _groups(torchvision.models.squeezenet1_1(num_classes=10).eval(), 64)}
+    assert "features.12.squeeze" in producers
+    assert not {"features.12.expand1x1", "features.12.expand3x3"} & producers
+
+
+class _SizedByCode(nn.Module):
+    """Channel counts written into the forward: a split into [4, 4] and a slice x[:, :keep]."""
+
+    def __init__(self, keep: int):
+        super().__init__()
+        self.keep = keep
+        self.conv1, self.conv_a, self.conv_b = nn.Conv2d(3, 8, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3)
+        self.conv2, self.conv3 = nn.Conv2d(8, 8, 1), nn.Conv2d(keep, 6, 1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        a, b = torch.split(torch.relu(self.conv1(x)), [4, 4], dim=1)
+        x = torch.relu(self.conv2(torch.cat([self.conv_a(a), self.conv_b(b)], 1)))
+        return self.fc(self.conv3(x[:, : self.keep]).mean((2, 3)))
+
+
+@pytest.mark.parametrize("keep, sliced_prunable", [(8, True), (6, False)])
+def test_channels_whose_count_the_models_code_fixes_are_not_pruned(keep, sliced_prunable):
+    model = _SizedByCode(keep).eval()
+    producers = {g.producer for g in _groups(model, 16)}
+    # conv1 is split by sizes written in the forward; conv2 is sliced, which stays right only whole
+    assert producers == {"conv_a", "conv_b"} | ({"conv2"} if sliced_prunable else set())
+    r = prune(
+        model, [torch.randn(6, 3, 16, 16)], flops_reduction=0.2, criterion="l1", tolerance=0.2, progress=False
+    )
+    assert r.model(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+
+
+def test_a_pruned_model_whose_code_breaks_is_a_clear_error():
+    class GroupNormedInline(nn.Module):  # a functional group norm: 4 groups whatever the channels
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2, self.fc = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1), nn.Linear(4, 3)
+
+        def forward(self, x):
+            x = torch.relu(nn.functional.group_norm(self.conv1(x), 4))
+            return self.fc(self.conv2(x).mean((2, 3)))
+
+    with pytest.raises(ValueError, match="pruned GroupNormedInline no longer runs .*fixes a channel count"):
+        prune(
+            GroupNormedInline(),
+            [torch.randn(6, 3, 16, 16)],
+            flops_reduction=0.1,
+            criterion="l1",
+            progress=False,
+        )

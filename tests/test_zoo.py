@@ -58,6 +58,27 @@ ZOO = {
     ),
     # VGG-16 (CIFAR): the paper's plain chain
     "vgg16": (lambda: get_model("vgg16", num_classes=10), 32, False),
+    # fully connected layers as in AlexNet and ImageNet VGG: a conv's channels flattened (4 features
+    # each) into a linear layer, hidden units of a linear layer read by another
+    "fc_head": (
+        lambda: nn.Sequential(
+            *(
+                m
+                for c_in, c in ((3, 24), (24, 40), (40, 56))
+                for m in (nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+            ),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(224, 96),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(96, 64),
+            nn.ReLU(),
+            nn.Linear(64, 10),
+        ),
+        32,
+        False,
+    ),
     # MobileNetV2: depthwise convolutions coupled to the expansion channels, residual streams left alone
     "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), 64, False),
     # SqueezeNet: fire modules, a squeeze read by two expand convolutions, expands concatenated
