@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements-dev.txt
 install: $(VENV)/.installed
 
 # The editable install maps the Python packages onto this tree; only the compiled sources need a rebuild.
-$(VENV)/.built: $(VENV)/.installed setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu)
+$(VENV)/.built: $(VENV)/.installed setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
