@@ -23,6 +23,16 @@
 #define APIB_AVX2 __attribute__((target("avx2,fma")))
 #endif
 
+// For the dot tiles, whose inner loop takes most of the time: that loop starts on a 64-byte boundary, so
+// that the lines (and decoded-uop windows) it spans do not depend on where the linker happens to put the
+// function; unaligned, an unrelated change elsewhere can cost a few percent (measured: 2-4% on whole
+// channels when the move to this header left the float 4 x 3 loop across three lines instead of two).
+#if defined(__GNUC__) && !defined(__clang__)
+#define APIB_ALIGN_LOOPS __attribute__((optimize("align-loops=64")))
+#else
+#define APIB_ALIGN_LOOPS
+#endif
+
 namespace apib::cpu {
 
 // Features are padded with zeros to a multiple of kPad, the widest vector (8 floats), so the
@@ -327,7 +337,8 @@ struct Vec<double> {
 };
 
 template <typename T, int R, int CC>
-APIB_AVX2 void dot_tile_avx2(const T* a, const T* b, int64_t ld, int64_t len, T* out, int64_t ldo, bool accumulate) {
+APIB_AVX2 APIB_ALIGN_LOOPS void dot_tile_avx2(const T* a, const T* b, int64_t ld, int64_t len, T* out, int64_t ldo,
+                                              bool accumulate) {
   using X = Vec<T>;
   using V = typename X::V;
   constexpr int Q = R * CC;
