@@ -18,7 +18,7 @@ from types import ModuleType
 
 import torch
 
-from apib_kernels import _ext, torch_backend
+from apib_kernels import extension, torch_backend
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
@@ -85,14 +85,14 @@ def unavailable_reason(name: str, device_type: str | None = None) -> str | None:
     if name == "cpu":
         if device_type == "cuda":
             return "the cpu backend runs on CPU tensors only; x is on a CUDA device"
-        if not _ext.has_kernel("centered_gram", "CPU"):
-            return _ext.EXT_ERROR or "apib_kernels._C has no CPU kernels"
+        if not extension.has_kernel("centered_gram", "CPU"):
+            return extension.EXT_ERROR or "apib_kernels._C has no CPU kernels"
         return None
     if name == "cuda":
         if device_type == "cpu":
             return "the cuda backend runs on CUDA tensors only; x is on the CPU"
-        if not _ext.has_kernel("centered_gram", "CUDA"):
-            return _ext.EXT_ERROR or (
+        if not extension.has_kernel("centered_gram", "CUDA"):
+            return extension.EXT_ERROR or (
                 "apib_kernels._C was built without CUDA kernels (no CUDA toolkit at build time, or "
                 "APIB_BUILD_CUDA=0)"
             )

@@ -4,7 +4,7 @@ import platform
 
 import torch
 
-from apib_kernels import __version__, _ext
+from apib_kernels import __version__, extension
 from apib_kernels.backends import BACKENDS, unavailable_reason
 
 
@@ -27,9 +27,9 @@ def report() -> str:
         )
     else:
         lines.append("gpu          none visible")
-    lines.append(f"extension    {'loaded' if _ext.EXT_ERROR is None else _ext.EXT_ERROR}")
-    if _ext.EXT_ERROR is None:
-        kernels = [key for key in ("CPU", "CUDA") if _ext.has_kernel("centered_gram", key)]
+    lines.append(f"extension    {'loaded' if extension.EXT_ERROR is None else extension.EXT_ERROR}")
+    if extension.EXT_ERROR is None:
+        kernels = [key for key in ("CPU", "CUDA") if extension.has_kernel("centered_gram", key)]
         lines.append(f"  kernels    {', '.join(kernels)}")
     lines.append("backends:")
     for name in BACKENDS:

@@ -44,7 +44,7 @@ from numbers import Real
 import numpy as np
 import torch
 
-from apib_kernels import _ext
+from apib_kernels import extension
 from apib_kernels.lasso_batched import PIVOT_REL, solve_batched
 from apib_kernels.validation import check_finite, check_int, check_number, check_tensor
 
@@ -71,7 +71,7 @@ LASSO_SOLVERS = ("cpu", "torch")
 """The solvers: "cpu" (compiled coordinate descent, or its numpy fallback) and "torch" (`solve_batched`)."""
 
 
-if _ext.has_kernel("lasso_cd", "CPU"):
+if extension.has_kernel("lasso_cd", "CPU"):
 
     @torch.library.register_fake("apib::lasso_cd")
     def _lasso_cd_fake(Q, b, alpha, coef0, n_rows, positive, tol, max_iter, newton):
@@ -352,7 +352,7 @@ def _solve(Q, b, alpha, coef0, n_rows, positive, tol, max_iter, newton, compiled
         out, unit = solve_batched(Q, b, alpha, coef0, n_rows, positive, tol, max_iter), "iterations"
     else:
         if compiled is None:
-            compiled = _ext.has_kernel("lasso_cd", "CPU")
+            compiled = extension.has_kernel("lasso_cd", "CPU")
         if compiled:
             out = torch.ops.apib.lasso_cd(Q, b, alpha, coef0, n_rows, positive, tol, max_iter, newton)
         else:

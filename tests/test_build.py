@@ -5,13 +5,13 @@ import os
 import pytest
 import torch
 
-from apib_kernels import _ext
+from apib_kernels import extension
 
 
 @pytest.mark.skipif(os.environ.get("APIB_EXPECT_EXT") != "1", reason="APIB_EXPECT_EXT=1 not set")
 def test_extension_is_built_and_loaded():
-    assert _ext.EXT_ERROR is None, _ext.EXT_ERROR
-    assert _ext.has_kernel("centered_gram", "CPU") and _ext.has_kernel("kernel_row_means", "CPU")
+    assert extension.EXT_ERROR is None, extension.EXT_ERROR
+    assert extension.has_kernel("centered_gram", "CPU") and extension.has_kernel("kernel_row_means", "CPU")
 
 
 @pytest.mark.skipif(
@@ -19,12 +19,12 @@ def test_extension_is_built_and_loaded():
 )
 def test_cuda_kernels_are_compiled_in():
     # compiled and linked even on a GPU-less build machine
-    assert _ext.EXT_ERROR is None, _ext.EXT_ERROR
-    assert _ext.has_kernel("centered_gram", "CUDA") and _ext.has_kernel("kernel_row_means", "CUDA")
+    assert extension.EXT_ERROR is None, extension.EXT_ERROR
+    assert extension.has_kernel("centered_gram", "CUDA") and extension.has_kernel("kernel_row_means", "CUDA")
 
 
 @pytest.mark.ext
-@pytest.mark.skipif(_ext.EXT_ERROR is not None, reason="extension not built")
+@pytest.mark.skipif(extension.EXT_ERROR is not None, reason="extension not built")
 @pytest.mark.parametrize("op", ["kernel_row_means", "centered_gram"])
 def test_compiled_ops_pass_opcheck(op):
     x = torch.randn(9, 3, 5, dtype=torch.float64)
@@ -36,7 +36,7 @@ def test_compiled_ops_pass_opcheck(op):
 
 
 @pytest.mark.ext
-@pytest.mark.skipif(_ext.EXT_ERROR is not None, reason="extension not built")
+@pytest.mark.skipif(extension.EXT_ERROR is not None, reason="extension not built")
 def test_compiled_ops_trace_under_torch_compile():
     def stats(x):
         return torch.ops.apib.centered_gram(x, 2, 0.5, 0, x.shape[0], None).sum(0)

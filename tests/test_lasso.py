@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import assert_kkt, gram
 
-from apib_kernels import _ext
+from apib_kernels import extension
 from apib_kernels import reference as ref
 from apib_kernels.lasso import (
     _solve,
@@ -22,7 +22,7 @@ from apib_kernels.lasso import (
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 
-COMPILED = _ext.has_kernel("lasso_cd", "CPU")
+COMPILED = extension.has_kernel("lasso_cd", "CPU")
 needs_ext = [
     pytest.mark.ext,
     pytest.mark.skipif(not COMPILED, reason="extension with apib::lasso_cd not built"),
@@ -33,7 +33,7 @@ needs_ext = [
 def solver(request, monkeypatch):
     """Each implementation in turn: the compiled op, and the numpy fallback (as without the extension)."""
     if request.param == "numpy":
-        monkeypatch.setattr(_ext, "has_kernel", lambda op, key: False)
+        monkeypatch.setattr(extension, "has_kernel", lambda op, key: False)
     return request.param
 
 
