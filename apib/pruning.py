@@ -24,7 +24,7 @@ from apib.calibration import trace_input
 from apib.groups import FlopsModel, count_flops, count_params, dependency_graph, find_groups, prune_group
 from apib.options import PruneOptions
 from apib.scoring import score
-from apib.streaming import DEFAULT_BLOCK_SIZE
+from apib.streaming import DEFAULT_BLOCK_SIZE, check_same_decisions, is_main_process
 from apib_kernels.validation import check_number
 
 
@@ -181,8 +181,11 @@ def prune(
         (`apib.streaming`): memory stays at one block of activations however many images are used, and
         with at most block_size images (the default 128 holds the paper's 64 and 128) the statistics
         are exactly those of all images at once. Under torch.distributed (a process group initialised,
-        e.g. by torchrun) each process calibrates on its own shard of calib_loader, the statistics of
-        every process are summed, and every process reaches the same decisions.
+        e.g. by torchrun) each process calibrates on the images of its own calib_loader — the caller
+        shards the set (whole blocks, as many images on every process; calib_size counts one process's
+        images) —, the statistics of every process (or HRank's and CHIP's per-channel sums) are summed,
+        and every process reaches the same decisions (checked: a ValueError on every process if not);
+        only rank 0 shows progress bars.
     device: where calibration and statistics run (default: the model's device).
     Raises ValueError for bad arguments, and when the target is unreachable even keeping `omega`
     channels per layer (the message gives the smallest reachable FLOPs).
@@ -209,6 +212,7 @@ def prune(
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
+    progress = progress and is_main_process()
     timings = {}
     t0 = time.perf_counter()
     model = copy.deepcopy(model).to(device).eval()
@@ -240,6 +244,7 @@ def prune(
         LayerDecision(g.producer, g.consumers, g.width, g.kept_channels(c.kept), c.alpha, c.rule)
         for g, c in zip(groups, choices, strict=True)
     ]
+    check_same_decisions([d.kept for d in decisions])
     timings["search"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -28,9 +28,10 @@ from torch import nn
 
 from apib.calibration import calibrate
 from apib.criteria import CRITERIA
+from apib.criteria._common import sum_accumulators_over_processes
 from apib.groups import Member, PrunableGroup
 from apib.options import PruneOptions
-from apib.streaming import StreamingStatistics
+from apib.streaming import StreamingStatistics, distributed
 from apib_kernels import HSICLassoProblem, hsic_matrix
 from apib_kernels.backends import synchronize as _sync
 
@@ -160,7 +161,8 @@ def _criterion_scores(
     """(units,) importance scores per group from a baseline criterion (see apib.criteria). Weight
     criteria read the producers' filters; feature-map criteria read each consumer's input, batch by
     batch, once however many groups it reads. In faithful mode the calibration forward pass is re-run
-    for every group, as HRank's and CHIP's published code does for every layer."""
+    for every group, as HRank's and CHIP's published code does for every layer. Under torch.distributed
+    the feature-map sums and image counts of every process are added before the means are taken."""
     spec = CRITERIA[opts.criterion]
     if spec.needs == "weight":
         return [
@@ -190,6 +192,8 @@ def _criterion_scores(
                 done.update(todo)
     else:
         calibrate(model, loader, {name: sink(name) for name in accs}, opts.calib_size, device, progress)
+    if distributed():
+        sum_accumulators_over_processes(list(accs.values()))
     scores = {name: acc.scores() for name, acc in accs.items()}
     return [_mean_of_scaled([unit_scores(scores[m.name], m, g.channels) for m in g.readers]) for g in groups]
 

@@ -14,6 +14,7 @@ holds the same problems and reaches the same decisions; with the same images in 
 processes give the statistics of one process (to the rounding of the sum's order).
 """
 
+import hashlib
 import logging
 import time
 
@@ -118,24 +119,35 @@ class StreamingStatistics:
 def _all_reduce(sums, images: int) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
     """The per-problem sums added over the process group with one all_reduce."""
     _check_shards(images, [b.numel() for _, b, _ in sums or []])
-    device = sums[0][0].device if dist.get_backend() != "gloo" else torch.device("cpu")
-    flat = torch.cat(
-        [torch.cat([q.flatten(), b, b.new_tensor([n_rows])]).to(device) for q, b, n_rows in sums]
-    )
+    parts = sum_over_processes([t for q, b, n_rows in sums for t in (q, b, b.new_tensor([n_rows]))])
+    return [(q, b, float(n_rows)) for q, b, n_rows in zip(parts[0::3], parts[1::3], parts[2::3], strict=True)]
+
+
+def sum_over_processes(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`tensors` summed element-wise over the process group with one all_reduce, in float64 (exact for
+    integer counts below 2**53); each comes back in its own dtype, shape and device."""
+    device = tensors[0].device if dist.get_backend() != "gloo" else torch.device("cpu")
+    flat = torch.cat([t.reshape(-1).to(device, torch.float64) for t in tensors])
     dist.all_reduce(flat)
-    out, at = [], 0
-    for q, b, _ in sums:
-        c = b.numel()
-        part = flat[at : at + c * c + c + 1].to(q.device)
-        out.append((part[: c * c].view(c, c), part[c * c : c * c + c], float(part[-1])))
-        at += c * c + c + 1
-    return out
+    parts = flat.split([t.numel() for t in tensors])
+    return [part.view(t.shape).to(t) for part, t in zip(parts, tensors, strict=True)]
+
+
+def _small_tensor_device() -> torch.device:
+    """Where a few numbers are exchanged: the CPU when the group has gloo, else this process's GPU."""
+    return (
+        torch.device("cpu")
+        if "gloo" in dist.get_backend()
+        else torch.device("cuda", torch.cuda.current_device())
+    )
 
 
 def _check_shards(images: int, channels: list[int]) -> None:
     """Every process must have calibrated the same model on as many images (whole blocks each)."""
     checksum = sum((i + 1) * c for i, c in enumerate(channels))
-    mine = torch.tensor([images, len(channels), sum(channels), checksum], dtype=torch.float64)
+    mine = torch.tensor(
+        [images, len(channels), sum(channels), checksum], dtype=torch.float64, device=_small_tensor_device()
+    )
     low, high = mine.clone(), mine.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
@@ -151,3 +163,20 @@ def _check_shards(images: int, channels: list[int]) -> None:
         )
     if not torch.equal(low[1:], high[1:]):
         raise ValueError(f"the processes hold different models (rank {rank}'s prunable layers differ)")
+
+
+def check_same_decisions(kept: list[tuple[int, ...]]) -> None:
+    """Raises ValueError on every process unless all of them kept the same channels (`kept`: each
+    group's kept indices), compared by a hash with one all_gather. A no-op in a single process."""
+    if not distributed():
+        return
+    digest = hashlib.sha256(repr(kept).encode()).digest()[:8]
+    mine = torch.tensor([int.from_bytes(digest, "little", signed=True)], device=_small_tensor_device())
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    differ = [r for r, h in enumerate(every) if not torch.equal(h, every[0])]
+    if differ:
+        raise ValueError(
+            f"the processes reached different decisions (ranks {differ} differ from rank 0): they must "
+            "calibrate the same model with the same options"
+        )

@@ -2,6 +2,7 @@
 
 import torch
 
+from apib.streaming import sum_over_processes
 from apib_kernels.validation import check_finite as _check_finite
 from apib_kernels.validation import check_int
 from apib_kernels.validation import check_tensor as _check_tensor
@@ -84,3 +85,15 @@ class MeanAccumulator:
 
     def _batch_sum(self, fmaps: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def sum_accumulators_over_processes(accumulators: list[MeanAccumulator]) -> None:
+    """Adds the sums and image counts of every process of the torch.distributed group into each of
+    `accumulators` (the same layers, in the same order, on every process), with one all_reduce: their
+    scores become the means over all processes' images, as one process calibrating on all of them
+    would give (to float64 rounding; HRank's integer sums exactly)."""
+    n = len(accumulators)
+    counts = [torch.tensor([float(acc.num_images)], dtype=torch.float64) for acc in accumulators]
+    summed = sum_over_processes([acc._sum for acc in accumulators] + counts)
+    for acc, total, count in zip(accumulators, summed[:n], summed[n:], strict=True):
+        acc._sum, acc.num_images = total, int(count.item())
