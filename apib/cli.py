@@ -8,14 +8,22 @@
 Every command that writes fills --output as a whole or not at all: a checkpoint (loadable with
 `torch.load(..., weights_only=True)`), `report.json` (with every setting the run used), and for `prune`
 a plot of the widths. An existing non-empty --output is replaced only with --overwrite, and never when
-it holds one of the run's inputs. Expected failures (bad arguments or files, mismatched checkpoints,
-unusable devices, permissions) print one line and exit with status 2; Ctrl-C exits with 130, SIGTERM
-with 143. --debug adds the traceback.
+it holds one of the run's inputs.
+
+`apib prune` also runs under torchrun (`torchrun --nproc-per-node=N -m apib.cli prune ...`): every
+process calibrates on its own contiguous shard of --calib-size / N images, made of whole blocks of
+--block-size images (--calib-size a multiple of N × --block-size), the statistics are summed, every
+process reaches the same decisions, and rank 0 alone evaluates, fine-tunes (--finetune-epochs), writes
+--output and prints; the other processes end after the decision.
+
+Expected failures (bad arguments or files, mismatched checkpoints, unusable devices, permissions) print
+one line and exit with status 2; Ctrl-C exits with 130, SIGTERM with 143. --debug adds the traceback.
 """
 
 import argparse
 import json
 import logging
+import os
 import platform
 import signal
 import subprocess
@@ -28,6 +36,8 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.utils.data import Subset
 
 from apib import data
 from apib.checkpoint import from_checkpoint, save_pruned
@@ -37,6 +47,7 @@ from apib.models import get_model, model_names
 from apib.options import ALLOCATIONS
 from apib.output import OutputFolder
 from apib.pruning import prune
+from apib.streaming import distributed, is_main_process
 from apib.train import evaluate, recalibrate_bn, train
 from apib_kernels import KERNELS
 from apib_kernels.validation import check_int, check_number
@@ -146,9 +157,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_args(args) -> None:
+def _check_args(args, world: int) -> None:
     """Every argument that can be checked without reading a file, so that no mistake surfaces only
-    after hours of work; fills in the dataset-dependent default of --calib-size."""
+    after hours of work (and every process of a torchrun of `world` processes finds the same mistakes,
+    before any waits for the others); fills in the dataset-dependent default of --calib-size."""
+    if world > 1 and args.command != "prune":
+        raise ValueError(
+            f"apib {args.command} runs in one process; under torchrun ({world} processes) only prune runs"
+        )
     check_int(args.batch_size, "--batch-size", 1)
     check_int(args.workers, "--workers", 0)
     check_int(args.seed, "--seed", 0, 2**63 - 1)
@@ -174,6 +190,8 @@ def _check_args(args) -> None:
             args.calib_size = 64 if args.dataset == "imagenet" else 128
         check_int(args.calib_size, "--calib-size", 2)
         check_int(args.block_size, "--block-size", 2)
+        if world > 1:
+            _check_calibration_shards(args.calib_size, args.block_size, world)
         check_int(args.bn_images, "--bn-images", 0)
         if args.allocation == "penalty" and args.criterion != "apib":
             raise ValueError(
@@ -182,13 +200,40 @@ def _check_args(args) -> None:
             )
 
 
-def _device(spec: str | None) -> torch.device:
+def _check_calibration_shards(calib_size: int, block_size: int, world: int) -> None:
+    """Under torchrun, the calibration set (the first --calib-size images) is cut into `world`
+    contiguous shards of as many whole blocks, one per process in rank order: the blocks of one process
+    over the same images."""
+    step = world * block_size
+    if calib_size % step:
+        hint = f", or a --block-size that divides {calib_size // world}" if calib_size % world == 0 else ""
+        raise ValueError(
+            f"--calib-size {calib_size} cannot be cut into {world} equal shards of whole --block-size "
+            f"{block_size} blocks, one per torchrun process: pass a --calib-size that is a multiple of "
+            f"{step} ({world} processes × --block-size){hint}"
+        )
+
+
+def _torchrun() -> tuple[int, int]:
+    """(rank, number of processes) of this process as torchrun's environment gives them: (0, 1) outside
+    torchrun."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _device(spec: str | None, world: int) -> torch.device:
     """The --device, checked by allocating on it: an unknown name, a CUDA device on a machine without
-    one, or a GPU index past the last all fail here rather than at the first batch."""
+    one, or a GPU index past the last all fail here rather than at the first batch. Under torchrun
+    (`world` > 1) each process takes the GPU of its LOCAL_RANK."""
     if spec is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(spec)
+        if world > 1 and device.type == "cuda":
+            if device.index is not None:
+                raise ValueError(
+                    "under torchrun every process takes the GPU of its LOCAL_RANK: pass --device cuda"
+                )
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         if device.type == "meta":
             raise ValueError("the meta device holds no data")
         torch.empty(1, device=device)
@@ -198,14 +243,22 @@ def _device(spec: str | None) -> torch.device:
     return device
 
 
-def _loader(args, train_split: bool, augment: bool, classes: int):
-    """Batches of the dataset's split, for a model with `classes` outputs."""
+def _loader(args, train_split: bool, augment: bool, classes: int, shard: range | None = None):
+    """Batches of the dataset's split (only the images of the calibration `shard`, when given), for a
+    model with `classes` outputs."""
     ds = data.get_dataset(args.dataset, args.data_path, train=train_split, augment=augment)
     found = len(getattr(ds, "classes", None) or ())
     if found > classes:
         raise ValueError(
             f"--data-path {args.data_path!r} has {found} classes, more than the model's {classes} outputs"
         )
+    if shard is not None:
+        if shard.stop > len(ds):
+            raise ValueError(
+                f"--calib-size {args.calib_size} is more than the {len(ds)} training images of --dataset "
+                f"{args.dataset}: under torchrun every process needs a whole shard"
+            )
+        ds = Subset(ds, shard)
     return data.loader(ds, args.batch_size, train=augment, num_workers=args.workers, seed=args.seed)
 
 
@@ -237,6 +290,7 @@ def _run_record(args, device: torch.device) -> dict:
         "command": args.command,
         "settings": settings,
         "device": str(device),
+        "processes": dist.get_world_size() if distributed() else 1,
         "versions": versions,
         "commit": _source_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -296,7 +350,9 @@ def _cmd_train(args, device: torch.device, out: OutputFolder) -> dict:
     return report
 
 
-def _cmd_prune(args, device: torch.device, out: OutputFolder) -> dict:
+def _cmd_prune(args, device: torch.device, out: OutputFolder | None) -> dict | None:
+    """Prunes; `out` is None on the processes of a torchrun other than rank 0, which end after the
+    decision (returning None)."""
     torch.manual_seed(args.seed)
     classes = data.num_classes(args.dataset)
     model = get_model(args.model, num_classes=classes, pretrained_path=args.ckpt).to(device)
@@ -305,11 +361,14 @@ def _cmd_prune(args, device: torch.device, out: OutputFolder) -> dict:
     val = _loader(args, False, False, classes)
     calib = _loader(args, True, False, classes)  # un-augmented training images: calibration, BN statistics
     training = _loader(args, True, True, classes) if args.epochs else None
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
+    per_process = args.calib_size // world
+    shard = range(rank * per_process, (rank + 1) * per_process)
     progress = not args.quiet
     # Pruning comes first: it checks the FLOPs target before anything slow (prune leaves `model` as is).
     result = prune(
         model,
-        calib,
+        calib if world == 1 else _loader(args, True, False, classes, shard),
         flops_reduction=args.flops_reduction,
         flops_target=args.flops_target,
         criterion=args.criterion,
@@ -317,7 +376,7 @@ def _cmd_prune(args, device: torch.device, out: OutputFolder) -> dict:
         alpha0=args.alpha,
         omega=args.omega,
         tolerance=args.tolerance,
-        calib_size=args.calib_size,
+        calib_size=per_process,
         block_size=args.block_size,
         kernel=args.kernel,
         positive=not args.unconstrained,
@@ -325,6 +384,8 @@ def _cmd_prune(args, device: torch.device, out: OutputFolder) -> dict:
         device=device,
         progress=progress,
     )
+    if out is None:
+        return None
     top1_before = evaluate(model, val, device, progress=progress)["top1"]
     pruned = result.model
     top1_pruned = evaluate(pruned, val, device, progress=progress)["top1"]
@@ -420,17 +481,35 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+@contextmanager
+def _process_group(world: int, device: torch.device):
+    """torchrun's default process group for the run, destroyed at its end: gloo on the CPU; on GPUs
+    nccl, with gloo beside it for the few numbers the processes compare. Nothing outside torchrun."""
+    if world == 1:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def _run(args) -> None:
-    _check_args(args)
+    _, world = _torchrun()
+    _check_args(args, world)
     inputs = {f"--{k.replace('_', '-')}": getattr(args, k, None) for k in ("ckpt", "pruned", "data_path")}
-    out = (
-        OutputFolder(args.output, overwrite=args.overwrite, inputs=inputs)
-        if args.command != "eval"
-        else nullcontext()
+    # Every process checks --output (a few reads, the same everywhere) before any waits for the others;
+    # only rank 0 writes it.
+    folder = (
+        OutputFolder(args.output, overwrite=args.overwrite, inputs=inputs) if args.command != "eval" else None
     )
-    device = _device(args.device)
-    with out:
-        _COMMANDS[args.command](args, device, out)
+    device = _device(args.device, world)
+    with _process_group(world, device):
+        with folder if folder is not None and is_main_process() else nullcontext() as out:
+            _COMMANDS[args.command](args, device, out)
 
 
 def _one_line(err: BaseException) -> str:
@@ -450,9 +529,10 @@ def _fail(args, message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s"
-    )
+    rank, _ = _torchrun()
+    level = logging.WARNING if args.quiet else logging.INFO
+    # Under torchrun the other processes repeat rank 0's messages: they log only errors.
+    logging.basicConfig(level=level if rank == 0 else logging.ERROR, format="%(levelname)s %(message)s")
     try:
         with _sigterm_raises():
             _run(args)
