@@ -8,6 +8,8 @@ import torchvision
 
 import apib_kernels as ak
 from apib import scoring
+from apib.criteria import ChipAccumulator, HRankAccumulator
+from apib.criteria._common import sum_accumulators_over_processes
 from apib.pruning import prune
 from apib.streaming import StreamingStatistics
 
@@ -141,34 +143,60 @@ def test_pipeline_with_one_block_is_the_in_memory_selection():
     assert [d.kept for d in one.layers] == [d.kept for d in again.layers]
 
 
-def _prune_rank(rank, world, init, results):
+def _prune_rank(rank, world, init, results, kw):
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
         shard = _images(64)[rank * 32 : (rank + 1) * 32]
-        r = prune(
-            _model(),
-            list(shard.split(16)),
-            flops_reduction=0.5,
-            tolerance=0.05,
-            block_size=16,
-            calib_size=None,
-            progress=False,
-        )
-        results[rank] = [d.kept for d in r.layers]
+        results[rank] = [d.kept for d in prune(_model(), list(shard.split(16)), **kw).layers]
     finally:
         dist.destroy_process_group()
 
 
-def test_two_processes_prune_as_one_over_the_same_blocks(tmp_path):
-    results = mp.Manager().dict()
-    mp.spawn(_prune_rank, args=(2, tmp_path / "init", results), nprocs=2, join=True)
-    one = prune(
-        _model(),
-        list(_images(64).split(16)),
+@pytest.mark.parametrize("criterion", ["apib", "hrank"])
+def test_two_processes_prune_as_one_over_the_same_blocks(tmp_path, criterion):
+    kw = dict(
+        criterion=criterion,
         flops_reduction=0.5,
         tolerance=0.05,
         block_size=16,
         calib_size=None,
         progress=False,
     )
+    results = mp.Manager().dict()
+    mp.spawn(_prune_rank, args=(2, tmp_path / "init", results, kw), nprocs=2, join=True)
+    one = prune(_model(), list(_images(64).split(16)), **kw)
     assert results[0] == results[1] == [d.kept for d in one.layers]
+
+
+def _maps(seed):
+    """(24, 5, 6, 6) maps whose rank varies by image and channel (rows zeroed at random)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(24, 5, 6, 6, generator=g, dtype=torch.float64)
+    return x * (torch.rand(24, 5, 6, 1, generator=g) > 0.5)
+
+
+def _accumulate_rank(rank, world, init, results):
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    try:
+        accs = [HRankAccumulator(), ChipAccumulator()]
+        for acc in accs:
+            for batch in _maps(0)[rank * 12 : (rank + 1) * 12].split(5):
+                acc.update(batch)
+        sum_accumulators_over_processes(accs)
+        results[rank] = [(acc.scores(), acc.num_images) for acc in accs]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_feature_map_criteria_sum_over_processes(tmp_path):
+    results = mp.Manager().dict()
+    mp.spawn(_accumulate_rank, args=(2, tmp_path / "init", results), nprocs=2, join=True)
+    maps = _maps(0)
+    for i, cls in enumerate([HRankAccumulator, ChipAccumulator]):
+        whole = cls().update(maps).scores()
+        assert not torch.allclose(cls().update(maps[:12]).scores(), whole)  # one shard alone differs
+        for r in range(2):
+            scores, images = results[r][i]
+            assert images == 24
+            torch.testing.assert_close(scores, whole, rtol=1e-12, atol=0)
+        assert torch.equal(results[0][i][0], results[1][i][0])
