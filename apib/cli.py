@@ -253,7 +253,7 @@ def _loader(args, train_split: bool, augment: bool, classes: int, shard: range |
             f"--data-path {args.data_path!r} has {found} classes, more than the model's {classes} outputs"
         )
     if shard is not None:
-        if shard.stop > len(ds):
+        if args.calib_size > len(ds):  # not shard.stop: every process fails alike
             raise ValueError(
                 f"--calib-size {args.calib_size} is more than the {len(ds)} training images of --dataset "
                 f"{args.dataset}: under torchrun every process needs a whole shard"
