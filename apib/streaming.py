@@ -44,8 +44,8 @@ class StreamingStatistics:
     after every calibration batch, `end_batch(labels)` reduces the blocks that are full: `reduce(block,
     labels)` gets {name: (x, out)} for one block (and the block's labels, or None) and returns one
     (Q, b, n_rows) per problem; the sums over blocks (and processes) come from `statistics()`.
-    `seconds` is the time spent reducing (the "statistics" phase), `peak_buffered` the most samples
-    held at once (memory is bounded by it).
+    `seconds` is the time spent reducing and summing over processes, communication included (the
+    "statistics" phase), `peak_buffered` the most samples held at once (memory is bounded by it).
     """
 
     def __init__(self, names, block_size: int, reduce, *, labels: bool = False):
