@@ -168,6 +168,25 @@ def test_two_processes_prune_as_one_over_the_same_blocks(tmp_path, criterion):
     assert results[0] == results[1] == [d.kept for d in one.layers]
 
 
+def _random_rank(rank, world, init, results):
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    try:
+        shard = list(_images(32)[rank * 16 : (rank + 1) * 16].split(16))
+        prune(_model(), shard, criterion="random", seed=rank, flops_reduction=0.5, progress=False)
+    except ValueError as err:
+        results[rank] = str(err)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_processes_that_decide_differently_fail_alike(tmp_path):
+    results = mp.Manager().dict()
+    mp.spawn(_random_rank, args=(2, tmp_path / "init", results), nprocs=2, join=True)
+    assert all("reached different decisions (ranks [1]" in results.get(r, "") for r in range(2)), dict(
+        results
+    )
+
+
 def _maps(seed):
     """(24, 5, 6, 6) maps whose rank varies by image and channel (rows zeroed at random)."""
     g = torch.Generator().manual_seed(seed)
