@@ -98,3 +98,31 @@ def test_a_bad_set_up_fails_on_every_process(tmp_path, calib_size, existing, mes
         assert f"[default{rank}]:apib prune: error: " in done.stderr and message in done.stderr, done.stderr
         assert done.stderr.count(message) == 2
     assert _files(tmp_path) == (["out", "out/report.json"] if existing else [])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["eval", "--dataset", "digits", "--pruned", "p.pt"],
+            "apib eval runs in one process; under torchrun",
+        ),
+        (
+            [*PRUNE, "--calib-size", "128", "--block-size", "128", "--output", "out"],
+            "pass a --calib-size that is a multiple of 256 (2 processes × --block-size), or a --block-size "
+            "that divides 64",
+        ),
+        (
+            [*PRUNE, "--calib-size", "64", "--device", "cuda:1", "--output", "out"],
+            "under torchrun every process takes the GPU of its LOCAL_RANK: pass --device cuda",
+        ),
+    ],
+    ids=["eval", "shards", "device"],
+)
+def test_torchrun_set_ups_are_refused_before_the_processes_meet(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert _files(tmp_path) == []
