@@ -233,7 +233,7 @@ def _device(spec: str | None, world: int) -> torch.device:
                 raise ValueError(
                     "under torchrun every process takes the GPU of its LOCAL_RANK: pass --device cuda"
                 )
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if device.type == "meta":
             raise ValueError("the meta device holds no data")
         torch.empty(1, device=device)
