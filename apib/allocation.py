@@ -5,9 +5,15 @@ by every layer's HSIC Lasso is doubled (or halved) until the FLOPs of the networ
 target, then bisected on a log scale until they lie within `tolerance` of it. Every step is one C × C
 Lasso per layer, warm-started from the nearest penalty solved before; the FLOPs of a step come from
 `apib.groups.FlopsModel`, never from a profiler run. A layer keeps the channels its Lasso selects.
+With penalty_scale "layer" the searched value is a fraction: layer l solves at it times its own
+alpha_max_l (the smallest penalty at which it keeps nothing), so layers whose statistics differ in
+scale are penalised alike.
 "uniform" — one pruning ratio for every layer, bisected to the target (as L1, FPGM, HRank and CHIP are
 applied in their papers); "threshold" — one global threshold on the scores normalised by each layer's
-mean score. Both keep each layer's highest-scoring channels. Every layer keeps at least `omega`.
+mean score. Both keep each layer's highest-scoring channels. With criterion "apib" both rank a layer's
+channels by the Lasso's own order (`lasso_ranking`: entry on the layer's exact regularization path,
+then relevance), and "threshold" is one cut of the ranking `_beyond_the_lasso` continues the search
+with. Every layer keeps at least `omega`.
 """
 
 import logging
@@ -34,7 +40,8 @@ SEARCH_TOL = 1e-5
 """The Lasso tolerance while the search brackets the penalty (it only counts channels); the penalty
 found is then solved at the default LASSO_TOL."""
 ALPHA_FLOOR = 1e-4
-"""The search stops lowering the penalty at ALPHA_FLOOR · (the smallest layer's alpha_max)."""
+"""The search stops lowering the penalty at ALPHA_FLOOR · (the smallest layer's alpha_max, in the search's
+units: divided by the layer's penalty scale)."""
 
 
 @dataclass(frozen=True)
@@ -52,9 +59,12 @@ class LayerChoice:
 def allocate(
     layers: list[LayerScores], groups, flops: FlopsModel, goal: float, opts: PruneOptions, progress: bool
 ) -> tuple[list[LayerChoice], float | None]:
-    """Every group's kept channels under `opts.allocation`, and the global penalty ("penalty") or None."""
+    """Every group's kept channels under `opts.allocation`, and the penalty found ("penalty": the global
+    penalty, or with penalty_scale "layer" the fraction of each layer's alpha_max) or None."""
     if opts.allocation == "penalty":
         return _penalty(layers, flops, goal, opts, progress)
+    if opts.criterion == "apib":
+        return _lasso_ranked(layers, groups, flops, goal, opts), None
     if opts.allocation == "uniform":
         counts = _uniform_ratio(groups, flops, opts.omega, goal, opts.tolerance)
     else:
@@ -71,12 +81,21 @@ def _sorted(selected) -> tuple[int, ...]:
     return tuple(sorted(int(i) for i in (selected.tolist() if torch.is_tensor(selected) else selected)))
 
 
+def penalty_scales(problems: list[HSICLassoProblem], penalty_scale: str) -> list[float]:
+    """Each layer's penalty per unit of the searched one: 1 for "global"; for "layer" the layer's
+    alpha_max (1 where that is 0: such a layer keeps nothing at any penalty)."""
+    if penalty_scale == "global":
+        return [1.0] * len(problems)
+    return [p.alpha_max() or 1.0 for p in problems]
+
+
 def _penalty(layers, flops, goal, opts, progress) -> tuple[list[LayerChoice], float]:
     problems = [s.problem for s in layers]
-    search = PenaltySearch(problems, opts.omega, flops)
+    scales = penalty_scales(problems, opts.penalty_scale)
+    search = PenaltySearch(problems, opts.omega, flops, scales)
     alpha0 = opts.alpha0
     if alpha0 is None:
-        tops = sorted(p.alpha_max() for p in problems)
+        tops = sorted(p.alpha_max() / s for p, s in zip(problems, scales, strict=True))
         alpha0 = 0.1 * tops[len(tops) // 2] or 1e-6
     # hundreds of solves, some at tiny penalties: one convergence warning at most, not one per solve
     with collect_convergence_warnings():
@@ -85,8 +104,28 @@ def _penalty(layers, flops, goal, opts, progress) -> tuple[list[LayerChoice], fl
     choices = [LayerChoice(_sorted(sel), used) for used, _, sel in sols]
     if not reached:
         logger.info("the least-penalised HSIC Lasso keeps too few channels; ranking on beyond it")
-        choices = _beyond_the_lasso(problems, choices, flops, goal, opts)
+        rankings = [lasso_ranking(p, opts.positive, s) for p, s in zip(problems, scales, strict=True)]
+        choices = _beyond_the_lasso(rankings, choices, flops, goal, opts)
     return choices, alpha
+
+
+def _lasso_ranked(layers, groups, flops, goal, opts) -> list[LayerChoice]:
+    """APIB's channels under "uniform" or "threshold": each layer's channels in the Lasso's own order
+    (`lasso_ranking`). "uniform" keeps each layer's first ones under one ratio; "threshold" keeps each
+    layer's first omega and cuts the ranking of `_beyond_the_lasso` over all layers' other channels
+    (penalties of path entry divided by the layers' penalty scales, then normalised relevances)."""
+    scales = penalty_scales([s.problem for s in layers], opts.penalty_scale)
+    rankings = [lasso_ranking(s.problem, opts.positive, c) for s, c in zip(layers, scales, strict=True)]
+    if opts.allocation == "uniform":
+        counts = _uniform_ratio(groups, flops, opts.omega, goal, opts.tolerance)
+    else:
+        counts = [min(opts.omega, g.channels) for g in groups]
+    choices = [
+        LayerChoice(_sorted(r.order[:k]), rule=opts.allocation) for r, k in zip(rankings, counts, strict=True)
+    ]
+    if opts.allocation == "uniform":
+        return choices
+    return _beyond_the_lasso(rankings, choices, flops, goal, opts, rule="threshold")
 
 
 def _normalised(scores: torch.Tensor) -> torch.Tensor:
@@ -96,35 +135,57 @@ def _normalised(scores: torch.Tensor) -> torch.Tensor:
     return s / mean if mean > 0 else s
 
 
-def _beyond_the_lasso(problems, floor: list[LayerChoice], flops, goal, opts) -> list[LayerChoice]:
+@dataclass(frozen=True)
+class LassoRanking:
+    """A layer's channels in the HSIC Lasso's own order, best first: `order` (C,) channel indices;
+    `tier` (C,) 0 for channels on the layer's exact regularization path, 1 for the others; `key` (C,)
+    float64 what each is ranked by within its tier (see `lasso_ranking`)."""
+
+    order: torch.Tensor
+    tier: torch.Tensor
+    key: torch.Tensor
+
+
+def lasso_ranking(problem: HSICLassoProblem, positive: bool, scale: float = 1.0) -> LassoRanking:
+    """The Lasso's own ranking of a layer's channels, in two tiers:
+    1. channels that enter the layer's exact regularization path (`lasso_knots`, down to a zero
+       penalty), by the penalty at which they first enter (`path_entry`) divided by `scale` (the
+       layer's penalty scale, `penalty_scales`): the order in which a falling penalty selects them;
+    2. channels that never enter it, by their HSIC with Y (b_k) normalised by the layer's mean.
+    Ties keep the lower index first."""
+    entry = path_entry(problem, positive) / scale
+    relevance = _normalised(problem.hsic)
+    on_path = torch.isfinite(entry)
+    order = torch.cat(
+        [
+            on_path.nonzero().flatten()[torch.argsort(entry[on_path], descending=True, stable=True)],
+            (~on_path).nonzero().flatten()[torch.argsort(relevance[~on_path], descending=True, stable=True)],
+        ]
+    )
+    return LassoRanking(order, (~on_path[order]).long(), torch.where(on_path, entry, relevance)[order])
+
+
+def _beyond_the_lasso(
+    rankings: list[LassoRanking], floor: list[LayerChoice], flops, goal, opts, rule: str | None = None
+) -> list[LayerChoice]:
     """Channels for a target the paper's rule cannot reach: even the least-penalised Lasso keeps too few
     (the non-negative Lasso's solutions stay sparse whatever the penalty). Every layer keeps its
-    least-penalised selection `floor`; its other channels join one global ranking, in two tiers:
-    1. "path": channels that enter the layer's exact regularization path (`lasso_knots`, down to a zero
-       penalty) without being in `floor`, by the penalty at which they first enter — the scale the
-       global search compares layers on, so this continues the paper's rule down the exact path;
+    least-penalised selection `floor`; its other channels join one global ranking, in the two tiers of
+    `lasso_ranking` (`rankings`, one per layer):
+    1. "path": channels that enter the layer's exact regularization path without being in `floor`, by
+       the penalty at which they first enter — on the scale the search compares layers on (divided by
+       the layer's penalty scale), so this continues the paper's rule down the exact path;
     2. "relevance": channels that never enter it, by their HSIC with Y (b_k) normalised per layer,
        as the "threshold" allocation ranks scores.
     The number of ranked channels taken is bisected to the FLOPs target; each layer reports the last
-    tier it drew from."""
+    tier it drew from, or `rule` when given."""
     tiers, keys, owner, candidates = [], [], [], []
-    for i, (p, choice) in enumerate(zip(problems, floor, strict=True)):
-        entry = path_entry(p, opts.positive)
-        relevance = _normalised(p.hsic)
-        rest = torch.ones(p.num_channels, dtype=torch.bool)
-        rest[list(choice.kept)] = False
-        on_path, off_path = rest & torch.isfinite(entry), rest & ~torch.isfinite(entry)
-        local = torch.cat(
-            [
-                on_path.nonzero().flatten()[torch.argsort(entry[on_path], descending=True, stable=True)],
-                off_path.nonzero().flatten()[
-                    torch.argsort(relevance[off_path], descending=True, stable=True)
-                ],
-            ]
-        )
-        candidates.append((local.tolist(), int(on_path.sum())))
-        tiers.append((~torch.isfinite(entry[local])).long())  # 0: path, 1: relevance
-        keys.append(torch.where(torch.isfinite(entry[local]), entry[local], relevance[local]))
+    for i, (r, choice) in enumerate(zip(rankings, floor, strict=True)):
+        rest = ~torch.isin(r.order, torch.tensor(choice.kept, dtype=r.order.dtype))
+        local, tier = r.order[rest], r.tier[rest]
+        candidates.append((local.tolist(), int((tier == 0).sum())))
+        tiers.append(tier)
+        keys.append(r.key[rest])
         owner.append(torch.full((local.numel(),), i))
     tier, key, owner = torch.cat(tiers), torch.cat(keys), torch.cat(owner)
     by_key = torch.argsort(key, descending=True, stable=True)
@@ -134,8 +195,8 @@ def _beyond_the_lasso(problems, floor: list[LayerChoice], flops, goal, opts) -> 
     out = []
     for choice, (cand, n_path), k, b in zip(floor, candidates, counts, base, strict=True):
         added = k - b
-        rule = "lasso" if added == 0 else "path" if added <= n_path else "relevance"
-        out.append(LayerChoice(_sorted([*choice.kept, *cand[:added]]), choice.alpha, rule))
+        chosen = rule or ("lasso" if added == 0 else "path" if added <= n_path else "relevance")
+        out.append(LayerChoice(_sorted([*choice.kept, *cand[:added]]), choice.alpha, chosen))
     return out
 
 
@@ -221,14 +282,16 @@ def _rank_counts(order: torch.Tensor, base: list[int], flops, target: float, tol
 
 class PenaltySearch:
     """The per-layer problems and the global penalty search over them, with every (layer, penalty)
-    solution cached so that no step is solved twice and each solve starts from its nearest neighbour."""
+    solution cached so that no step is solved twice and each solve starts from its nearest neighbour.
+    Layer l solves at the searched penalty times scales[l] (`penalty_scales`)."""
 
-    def __init__(self, problems: list[HSICLassoProblem], omega: int, flops: FlopsModel):
+    def __init__(self, problems: list[HSICLassoProblem], omega: int, flops: FlopsModel, scales: list[float]):
         self.problems = problems
         self.omega = omega
         self.flops = flops
+        self.scales = scales
         self.cache: dict[float, list[tuple]] = {}
-        tops = [a for a in (p.alpha_max() for p in problems) if a > 0]
+        tops = [a / s for a, s in zip((p.alpha_max() for p in problems), self.scales, strict=True) if a > 0]
         # Below this every layer is solved essentially unpenalised (a non-negative least squares, whose
         # support is bounded by the rank of the design, about n²/2): halving further adds next to nothing.
         self.alpha_floor = ALPHA_FLOOR * min(tops, default=1.0)
@@ -242,8 +305,8 @@ class PenaltySearch:
     def solve(self, alpha: float, tol: float = SEARCH_TOL) -> tuple[list[tuple], float]:
         if alpha not in self.cache or tol < SEARCH_TOL:
             self.cache[alpha] = [
-                p.select(alpha, min(self.omega, p.num_channels), self._warm(alpha, i), tol=tol)
-                for i, p in enumerate(self.problems)
+                p.select(alpha * s, min(self.omega, p.num_channels), self._warm(alpha, i), tol=tol)
+                for i, (p, s) in enumerate(zip(self.problems, self.scales, strict=True))
             ]
         sols = self.cache[alpha]
         return sols, self.flops([len(s[2]) for s in sols])

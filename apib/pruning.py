@@ -14,7 +14,7 @@ threshold allocations; the penalty search needs APIB's Lasso problems.
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -53,7 +53,9 @@ class LayerDecision:
 @dataclass
 class PruneResult:
     """What `prune` found. FLOPs as torch.utils.flop_counter counts them (2 per multiply-add) for one
-    input of `input_shape`; timings in seconds per phase."""
+    input of `input_shape`; timings in seconds per phase; `alpha` the penalty found (with penalty_scale
+    "layer", the fraction of each layer's alpha_max; each layer's own is in `layers`); `options` every
+    option in force, after the preset (`apib.options.PruneOptions`, as a dict)."""
 
     model: nn.Module
     criterion: str
@@ -67,6 +69,7 @@ class PruneResult:
     layers: list[LayerDecision]
     input_shape: tuple[int, ...]
     timings: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
 
     @property
     def flops_reduction(self) -> float:
@@ -97,6 +100,7 @@ class PruneResult:
                 for d in self.layers
             ],
             "time_s": dict(self.timings),
+            "options": dict(self.options),
         }
 
     def table(self) -> str:
@@ -138,9 +142,13 @@ def prune(
     omega: int = 1,
     tolerance: float = 0.01,
     calib_size: int | None = 128,
-    kernel: str = "laplace",
-    positive: bool = True,
-    target: str = "output",
+    kernel: str | None = None,
+    positive: bool | None = None,
+    target: str | None = None,
+    penalty_scale: str | None = None,
+    bandwidth: str | None = None,
+    normalize: bool | None = None,
+    preset: str | None = None,
     mode: str = "fast",
     seed: int = 0,
     prune_residual: bool = False,
@@ -163,15 +171,27 @@ def prune(
         Lasso penalty, each layer keeping what its Lasso selects (criterion 'apib' only) —, 'uniform' —
         one pruning ratio for every layer, as the baselines' papers do —, or 'threshold' — one global
         threshold on scores normalised per layer. Default: 'penalty' for 'apib', 'uniform' otherwise.
-        With 'apib' and a ratio or threshold, a channel's score is its HSIC with Y (b_k).
+        With 'apib' and a ratio or threshold, a layer's channels rank in the Lasso's own order: by
+        the penalty at which they enter its exact regularization path, then by HSIC with Y (b_k).
     alpha0: the first penalty of the APIB search (scikit-learn Lasso's scale, as the reference's
-        --alpha); default: a tenth of the median over layers of the penalty that zeroes the whole layer.
+        --alpha; with penalty_scale 'layer', a fraction of each layer's alpha_max); default: a tenth of
+        the median over layers of the penalty that zeroes the whole layer (0.1 with 'layer').
     omega: the fewest channels any layer keeps (the reference's per-layer rule).
     tolerance: relative FLOPs tolerance around the target.
+    The next options are APIB's method (no effect on a baseline criterion); left None, each takes
+    the value of `preset` (see `apib.options.PRESETS`; "paper", the paper's configuration, by default):
     kernel: the Gram kernel for inputs and outputs ('laplace', the reference's, or 'gaussian', ...).
     positive: the paper's non-negative Lasso; False reproduces the reference code.
     target: the output representation Y of each layer: 'output' (its output maps, flattened) or
         'labels' (the calibration images' class labels, delta kernel).
+    penalty_scale: 'global' — every layer's Lasso at the one searched penalty (the paper) — or
+        'layer' — layer l at a searched fraction of its own alpha_max_l (`apib.allocation`).
+    bandwidth: the input kernel's bandwidth: 'paper' — the reference's fixed γ of the features per
+        sample — or 'median' — each unit's own, the median distance between its samples in the first
+        calibration block (`apib_kernels.kernels.median_scales`; kernels 'laplace' and 'gaussian').
+    normalize: Frobenius-normalise every centered Gram (pyHSICLasso's K̄/‖K̄‖_F), block by block.
+    preset: a name in `apib.options.PRESETS` whose values the options above left None take; explicit
+        options win. Every setting in force is in the result's `options`.
     mode: for 'hrank' and 'chip', 'fast' (batched) or 'faithful' (the published loops; same scores).
     seed: for 'random'.
     prune_residual: also prune residual streams — channels summed by residual adds, and those read by
@@ -200,6 +220,10 @@ def prune(
         kernel=kernel,
         positive=positive,
         target=target,
+        penalty_scale=penalty_scale,
+        bandwidth=bandwidth,
+        normalize=normalize,
+        preset=preset,
         mode=mode,
         seed=seed,
         prune_residual=prune_residual,
@@ -273,6 +297,7 @@ def prune(
         layers=decisions,
         input_shape=tuple(x0.shape),
         timings=timings,
+        options=asdict(opts),
     )
 
 

@@ -2,8 +2,15 @@
 
 "apib" calibrates once and builds each group's HSIC Lasso problem: the Gram-form statistics of its
 consumer's input X (the group's channels) against that consumer's output, or the labels, Y. Its channel
-scores are the relevances b_k = <K̄_k, L̄> (each channel's unnormalised HSIC with Y). The baselines of
-`apib.criteria` score from the weights (L1, FPGM), the feature maps (HRank, CHIP) or nothing (random).
+scores are the relevances b_k = <K̄_k, L̄> (each channel's unnormalised HSIC with Y); the allocation
+ranks APIB's channels from the problem itself (`apib.allocation`). The input kernel's bandwidth is the
+paper's fixed γ, or with bandwidth "median" each unit's own: every consumer's input is multiplied,
+unit by unit, by the factors `apib_kernels.kernels.median_scales` finds in the first calibration
+block, and those factors stay fixed for every later block, so the streamed statistics remain one
+block estimator with one kernel per unit (under torch.distributed the processes' first blocks differ:
+"median" is refused there). With normalize, every block's centered Grams are Frobenius-normalised.
+The baselines of `apib.criteria` score from the weights (L1, FPGM), the feature maps (HRank, CHIP) or
+nothing (random).
 
 Groups beyond the paper's (see `apib.groups`) score what the allocation chooses among, the group's
 units, from all the layers that write or read them:
@@ -32,8 +39,9 @@ from apib.criteria._common import sum_accumulators_over_processes
 from apib.groups import Member, PrunableGroup
 from apib.options import PruneOptions
 from apib.streaming import StreamingStatistics, distributed
-from apib_kernels import HSICLassoProblem, hsic_matrix
+from apib_kernels import GramStatistics, HSICLassoProblem, Samples
 from apib_kernels.backends import synchronize as _sync
+from apib_kernels.kernels import median_scales
 
 
 @dataclass(frozen=True)
@@ -106,40 +114,56 @@ def group_problem(pairs, opts: PruneOptions) -> HSICLassoProblem:
     """The HSIC Lasso of one group from its consumers' (X (n, units, ...), Y) pairs: one consumer's
     statistics, or the mean of several consumers' Q and b (the stacked designs, see the module's
     docstring), with units constant over the calibration images zeroed as `HSICLassoProblem` does."""
-    kw = dict(kernel=opts.kernel, backend=opts.backend)
+    kw = dict(kernel=opts.kernel, backend=opts.backend, normalize=opts.normalize)
     if len(pairs) == 1:
         x, y = pairs[0]
         return HSICLassoProblem.from_data(x, y, positive=opts.positive, **kw)
     q = b = None
     for x, y in pairs:
-        qi, bi, _ = hsic_matrix(x, y, **kw)
-        qi, bi = qi.double(), bi.double()
-        const = (x == x[:1]).reshape(x.shape[0], x.shape[1], -1).all(2).all(0)
-        qi[const, :], qi[:, const], bi[const] = 0, 0, 0
+        qi, bi, _ = GramStatistics(**kw).add(Samples.check(x, y)).lasso_statistics()
         q, b = (qi, bi) if q is None else (q + qi, b + bi)
     n = pairs[0][0].shape[0]
     return HSICLassoProblem(q / len(pairs), b / len(pairs), n * n, positive=opts.positive)
+
+
+def _scaled(x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (n, C, ...) with channel k multiplied by scales[k]."""
+    return x * scales.to(x).view(1, -1, *[1] * (x.dim() - 2))
 
 
 def _hsic_problems(model, loader, groups, opts, device, progress, timings) -> list[HSICLassoProblem]:
     """One HSIC Lasso problem per group, from its consumers' inputs X and outputs (or the labels) Y,
     streamed in blocks of `opts.block_size` images (`apib.streaming`): each consumer is recorded once,
     however many groups it reads; each full block is reduced to every group's statistics and dropped;
-    under torch.distributed the sums of every process are added."""
+    under torch.distributed the sums of every process are added. With bandwidth "median" each
+    (group, consumer)'s unit scales come from the first block and are kept (see the module docstring)."""
+    if opts.bandwidth == "median" and distributed():
+        raise ValueError(
+            "bandwidth 'median' takes each unit's bandwidth from the first calibration block, which differs "
+            "between the processes of torch.distributed: use bandwidth 'paper' there"
+        )
     t0 = time.perf_counter()
     names = sorted({name for g in groups for name in g.consumers})
     modules = {name: model.get_submodule(name) for name in names}
+    scales = {}
+
+    def features(x, i, j):
+        if opts.bandwidth == "paper":
+            return x
+        if (i, j) not in scales:
+            scales[i, j] = median_scales(x, opts.kernel)
+        return _scaled(x, scales[i, j])
 
     def reduce(block, labels):
         inputs = {name: _channels_first(modules[name], x) for name, (x, _) in block.items()}
         stats = []
-        for g in groups:
+        for i, g in enumerate(groups):
             pairs = [
                 (
-                    unit_features(inputs[m.name], m, g.channels),
+                    features(unit_features(inputs[m.name], m, g.channels), i, j),
                     labels if labels is not None else block[m.name][1].flatten(1),
                 )
-                for m in g.readers
+                for j, m in enumerate(g.readers)
             ]
             stats.append(group_problem(pairs, opts).statistics())
         return stats
