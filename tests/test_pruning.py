@@ -314,7 +314,9 @@ def test_l1_keeps_the_largest_filters():
         assert sorted(torch.topk(norms, d.n_kept).indices.tolist()) == list(d.kept)
 
 
-def test_hsic_scores_with_one_uniform_ratio_keep_each_layers_most_relevant_channels():
+def test_hsic_scores_with_one_uniform_ratio_keep_each_layers_first_channels_in_the_lassos_order():
+    from apib.allocation import lasso_ranking
+
     model, batches = _resnet18(), _batches()
     r = prune(model, batches, flops_reduction=0.5, tolerance=0.05, allocation="uniform", progress=False)
     assert r.criterion == "apib" and r.allocation == "uniform" and r.alpha is None
@@ -323,10 +325,10 @@ def test_hsic_scores_with_one_uniform_ratio_keep_each_layers_most_relevant_chann
     assert max(ratios) - min(ratios) <= 1 / 64 + 1e-9
     default = prune(model, batches, flops_reduction=0.5, tolerance=0.05, progress=False)
     assert default.allocation == "penalty" and [d.kept for d in default.layers] != [d.kept for d in r.layers]
-    # the kept channels are those of highest HSIC with the layer's output (b_k)
+    # the kept channels come first in the layer's Lasso order (path entry, then HSIC with the output)
     x, out = _layer_io(model, batches, r.layers[0].consumer)
-    b = ak.HSICLassoProblem.from_data(x, out.flatten(1)).hsic
-    assert sorted(torch.topk(b, r.layers[0].n_kept).indices.tolist()) == list(r.layers[0].kept)
+    order = lasso_ranking(ak.HSICLassoProblem.from_data(x, out.flatten(1)), True).order
+    assert sorted(order[: r.layers[0].n_kept].tolist()) == list(r.layers[0].kept)
 
 
 def _layer_io(model, batches, name):
