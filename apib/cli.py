@@ -44,7 +44,7 @@ from apib.checkpoint import from_checkpoint, save_pruned
 from apib.criteria import CRITERIA
 from apib.io import load_checkpoint
 from apib.models import get_model, model_names
-from apib.options import ALLOCATIONS
+from apib.options import ALLOCATIONS, BANDWIDTHS, PENALTY_SCALES, PRESETS, TARGETS
 from apib.output import OutputFolder
 from apib.pruning import prune
 from apib.streaming import distributed, is_main_process
@@ -124,9 +124,49 @@ def _parser() -> argparse.ArgumentParser:
         default=128,
         help="calibration images per statistics block: memory holds one block (default 128)",
     )
-    p.add_argument("--kernel", default="laplace", choices=sorted(k for k in KERNELS if k != "delta"))
     p.add_argument(
-        "--unconstrained", action="store_true", help="allow negative coefficients (reference code)"
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="a named configuration of APIB's options below, each overridden when given (default: paper)",
+    )
+    p.add_argument(
+        "--kernel",
+        default=None,
+        choices=sorted(k for k in KERNELS if k != "delta"),
+        help="Gram kernel (preset paper: laplace)",
+    )
+    p.add_argument(
+        "--unconstrained",
+        action="store_const",
+        const=False,
+        default=None,
+        dest="positive",
+        help="allow negative coefficients (reference code)",
+    )
+    p.add_argument(
+        "--target",
+        default=None,
+        choices=TARGETS,
+        help="Y: each layer's output or the class labels (paper: output)",
+    )
+    p.add_argument(
+        "--penalty-scale",
+        default=None,
+        choices=PENALTY_SCALES,
+        help="global: one penalty for every layer (paper); layer: a fraction of each layer's alpha_max",
+    )
+    p.add_argument(
+        "--bandwidth",
+        default=None,
+        choices=BANDWIDTHS,
+        help="input kernel bandwidth: paper (fixed gamma) or median (each channel's median distance)",
+    )
+    p.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Frobenius-normalise the centered Grams (paper: no)",
     )
     p.add_argument(
         "--prune-residual",
@@ -197,6 +237,11 @@ def _check_args(args, world: int) -> None:
             raise ValueError(
                 f"--allocation penalty searches the HSIC Lasso's penalty and needs --criterion apib, got "
                 f"--criterion {args.criterion}: use --allocation uniform or threshold"
+            )
+        if args.bandwidth == "median" and args.kernel == "linear":
+            raise ValueError(
+                "--bandwidth median sets a kernel's bandwidth and needs --kernel laplace or gaussian, got "
+                "--kernel linear, which has none"
             )
 
 
@@ -379,13 +424,20 @@ def _cmd_prune(args, device: torch.device, out: OutputFolder | None) -> dict | N
         calib_size=per_process,
         block_size=args.block_size,
         kernel=args.kernel,
-        positive=not args.unconstrained,
+        positive=args.positive,
+        target=args.target,
+        penalty_scale=args.penalty_scale,
+        bandwidth=args.bandwidth,
+        normalize=args.normalize,
+        preset=args.preset,
         prune_residual=args.prune_residual,
         device=device,
         progress=progress,
     )
     if out is None:
         return None
+    # the report's settings are those in force: options left to the preset hold the preset's values
+    vars(args).update({k: v for k, v in result.options.items() if k in vars(args)})
     top1_before = evaluate(model, val, device, progress=progress)["top1"]
     pruned = result.model
     top1_pruned = evaluate(pruned, val, device, progress=progress)["top1"]

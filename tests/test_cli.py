@@ -150,6 +150,19 @@ def test_prune_writes_model_report_and_plot(trained, tmp_path, capsys):
             ],
             "--allocation penalty",
         ),
+        (
+            [
+                "--dataset",
+                "digits",
+                "--flops-reduction",
+                "0.5",
+                "--bandwidth",
+                "median",
+                "--kernel",
+                "linear",
+            ],
+            "--bandwidth median",
+        ),
     ],
 )
 def test_prune_errors_are_clear(argv, message, tmp_path, capsys):
@@ -169,6 +182,34 @@ def test_prune_takes_any_scorer_with_a_ratio_or_threshold(trained, tmp_path, cri
     report = json.loads((tmp_path / "p" / "report.json").read_text())
     assert report["criterion"] == criterion and report["allocation"] == allocation and report["alpha"] is None
     assert abs(report["flops_after"] / report["flops_before"] - 0.6) <= 0.05 * 0.6 + 1e-9
+
+
+def test_prune_takes_the_method_variants_and_records_the_options_in_force(trained, tmp_path):
+    argv = ["prune", "--model", "resnet20", "--dataset", "digits", "--ckpt", str(trained / "model.pt")]
+    argv += ["--flops-reduction", "0.4", "--tolerance", "0.05", "--calib-size", "32", "--bn-images", "0"]
+    argv += ["--preset", "paper", "--penalty-scale", "layer", "--bandwidth", "median", "--normalize"]
+    argv += ["--target", "labels", "--quiet", "--output", str(tmp_path / "p")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    options = report["options"]
+    assert options["preset"] == "paper" and options["penalty_scale"] == "layer"
+    assert options["bandwidth"] == "median" and options["normalize"] is True and options["target"] == "labels"
+    assert options["kernel"] == "laplace" and options["positive"] is True  # from the preset
+    settings = report["run"]["settings"]
+    assert settings["penalty_scale"] == "layer" and settings["kernel"] == "laplace"
+    assert settings["positive"] is True and settings["allocation"] == "penalty"
+    assert abs(report["flops_after"] / report["flops_before"] - 0.6) <= 0.05 * 0.6 + 1e-9
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--preset", "best"), ("--penalty-scale", "local"), ("--bandwidth", "silverman")]
+)
+def test_a_variant_flags_bad_value_names_the_flag(flag, value, capsys):
+    argv = ["prune", "--model", "resnet20", "--dataset", "digits", "--flops-reduction", "0.5"]
+    with pytest.raises(SystemExit) as err:
+        main([*argv, flag, value, "--output", "x"])
+    assert err.value.code == 2
+    assert f"argument {flag}: invalid choice" in capsys.readouterr().err
 
 
 def test_prune_residual_prunes_the_streams_and_the_file_loads(trained, tmp_path):
