@@ -170,7 +170,8 @@ def _beyond_the_lasso(
 ) -> list[LayerChoice]:
     """Channels for a target the paper's rule cannot reach: even the least-penalised Lasso keeps too few
     (the non-negative Lasso's solutions stay sparse whatever the penalty). Every layer keeps its
-    least-penalised selection `floor`; its other channels join one global ranking, in the two tiers of
+    least-penalised selection `floor` (under "threshold", its first omega channels); its other
+    channels join one global ranking, in the two tiers of
     `lasso_ranking` (`rankings`, one per layer):
     1. "path": channels that enter the layer's exact regularization path without being in `floor`, by
        the penalty at which they first enter — on the scale the search compares layers on (divided by
