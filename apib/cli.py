@@ -112,7 +112,12 @@ def _parser() -> argparse.ArgumentParser:
         help="how many channels each layer keeps: penalty (APIB's global search; apib only), uniform (one "
         "ratio), threshold (one global threshold); default: penalty for apib, uniform otherwise",
     )
-    p.add_argument("--alpha", type=float, default=None, help="first penalty of the search (alpha0)")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="first penalty of the search (alpha0; with --penalty-scale layer, a fraction of alpha_max)",
+    )
     p.add_argument("--omega", type=int, default=1, help="fewest channels any layer keeps")
     p.add_argument("--tolerance", type=float, default=0.01, help="relative FLOPs tolerance")
     p.add_argument(

@@ -106,6 +106,7 @@ class PruneResult:
     def table(self) -> str:
         """A plain-text report: widths per layer, FLOPs, params, time per phase."""
         w = max([len(d.producer) for d in self.layers] + [5])
+        per_layer = " x each layer's alpha_max" if self.options.get("penalty_scale") == "layer" else ""
         lines = [f"{'layer':<{w}}  channels  kept"]
         lines += [f"{d.producer:<{w}}  {d.channels:>8}  {d.n_kept:>4}" for d in self.layers]
         lines.append(
@@ -113,7 +114,7 @@ class PruneResult:
             f"(-{100 * self.flops_reduction:.1f}%, target {self.flops_target / 1e6:.2f}M); "
             f"params {self.params_before / 1e6:.3f}M -> {self.params_after / 1e6:.3f}M"
             + (
-                f"; alpha {self.alpha:.4g}"
+                f"; alpha {self.alpha:.4g}{per_layer}"
                 if self.alpha is not None
                 else f"; criterion {self.criterion}, {self.allocation} allocation"
             )

@@ -163,6 +163,7 @@ def test_layer_penalties_solve_each_layer_at_the_fraction_times_its_alpha_max(re
         else:  # beyond the Lasso: its least-penalised selection, then the ranking
             assert set(selected.tolist()) <= set(d.kept)
     assert (reduction == 0.1) == any(d.rule != "lasso" for d in r.layers)
+    assert f"alpha {r.alpha:.4g} x each layer's alpha_max" in r.table()
 
 
 def test_penalty_scales():
