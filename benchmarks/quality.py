@@ -43,14 +43,17 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from common import RESULTS, environment, write_atomic
+from scipy import stats
 
 from apib import data
 from apib.criteria import CRITERIA, keep_indices
 from apib.io import atomic_path
 from apib.models import get_model, model_names
+from apib.options import PruneOptions
 from apib.pruning import prune
 from apib.train import evaluate, recalibrate_bn, train
 from apib_kernels import hsic_lasso
+from apib_kernels.kernels import median_scales
 
 PRUNING_CRITERIA = ("apib", *CRITERIA)
 PLANTED_CRITERIA = (*PRUNING_CRITERIA, "apib-std")
@@ -69,6 +72,8 @@ class PlantedConfig:
     spread: σ of the log-normal per-channel scale (0: every producer filter has norm 1).
     loud: noise channels whose filters are LOUD_GAIN times larger.
     duplicates: signal channels that get a near-copy (their input map plus dup_noise · N(0, 1)).
+    correlation: ρ, every channel's input map is √(1−ρ)·own + √ρ·one map shared by all channels, so
+        channels outside S correlate with S and with Y (only S is read).
     out_channels, out_noise: Y's channels, and its additive noise relative to Y's std.
     """
 
@@ -80,6 +85,7 @@ class PlantedConfig:
     loud: int = 0
     duplicates: int = 0
     dup_noise: float = 0.1
+    correlation: float = 0.0
     out_channels: int = 4
     out_noise: float = 0.1
 
@@ -95,6 +101,8 @@ class PlantedConfig:
             )
         if self.spread < 0 or self.dup_noise < 0 or self.out_noise < 0:
             raise ValueError(f"spread, dup_noise and out_noise must be >= 0, got {self}")
+        if not 0 <= self.correlation < 1:
+            raise ValueError(f"correlation must be in [0, 1), got {self.correlation}")
 
 
 PROBLEMS = {
@@ -102,6 +110,7 @@ PROBLEMS = {
     "scaled": PlantedConfig(spread=0.5),
     "loud": PlantedConfig(loud=6),
     "duplicates": PlantedConfig(duplicates=3),
+    "correlated": PlantedConfig(correlation=0.5),
     "all": PlantedConfig(spread=0.5, loud=6, duplicates=3),
 }
 
@@ -135,6 +144,9 @@ def planted_problem(cfg: PlantedConfig, seed: int) -> Planted:
     source[dups] = signal[: cfg.duplicates]
     z = torch.randn(cfg.n, c, cfg.side, cfg.side, generator=g)[:, source]
     z[:, dups] += cfg.dup_noise * torch.randn(cfg.n, cfg.duplicates, cfg.side, cfg.side, generator=g)
+    if cfg.correlation:
+        shared = torch.randn(cfg.n, 1, cfg.side, cfg.side, generator=g)
+        z = math.sqrt(1 - cfg.correlation) * z + math.sqrt(cfg.correlation) * shared
     w = torch.randn(c, 1, 3, 3, generator=g)
     w = w / w.flatten(1).norm(dim=1).view(c, 1, 1, 1)
     w = w * torch.exp(cfg.spread * torch.randn(c, generator=g)).view(c, 1, 1, 1)
@@ -152,6 +164,32 @@ def planted_problem(cfg: PlantedConfig, seed: int) -> Planted:
     is_loud = torch.zeros(c, dtype=torch.bool)
     is_loud[loud] = True
     return Planted(maps, y.flatten(1), w, group, is_loud)
+
+
+def planted_apib(problem: Planted, options: dict) -> torch.Tensor:
+    """(k,) int64: the channels APIB keeps on `problem` under `apib.prune` options (a preset's values
+    filling the rest): the kernel, positivity, bandwidth and normalisation of one layer's Lasso."""
+    o = PruneOptions(**options)
+    if o.target != "output":
+        raise ValueError(f"the planted problems have no labels: target must be 'output', got {o.target!r}")
+    x = problem.maps
+    if o.bandwidth == "median":
+        x = x * median_scales(x, o.kernel).to(x.dtype).view(1, -1, 1, 1)
+    return hsic_lasso(
+        x, problem.output, n_select=problem.k, kernel=o.kernel, positive=o.positive, normalize=o.normalize
+    ).selected
+
+
+def planted_rows(variants: dict[str, dict]) -> dict[str, list[str]]:
+    """The variants that differ on one layer: {row name: the variants it stands for}. Allocation and
+    penalty scale do not change which k channels one Lasso selects, so such a variant shares the row of
+    the variant (or "apib") with the same one-layer options; a label target has no planted counterpart."""
+    rows: dict[tuple, list[str]] = {}
+    for name, options in {"apib": {"criterion": "apib"}, **variants}.items():
+        o = PruneOptions(**options)
+        if o.target == "output":
+            rows.setdefault((o.kernel, o.positive, o.bandwidth, o.normalize), []).append(name)
+    return {names[0]: names for names in rows.values()}
 
 
 def planted_keep(problem: Planted, criterion: str, seed: int) -> torch.Tensor:
@@ -189,17 +227,25 @@ def precision_recall(problem: Planted, kept: torch.Tensor) -> dict:
     }
 
 
-def run_planted(criteria, seeds, problems: dict[str, PlantedConfig] = PROBLEMS) -> dict:
-    """Every criterion on every problem and seed. Returns {"problems", "seeds", "runs", "summary"}:
-    runs one row per (problem, criterion, seed) with the kept channels and precision_recall's
-    metrics; summary their mean and std over seeds per (problem, criterion)."""
+def run_planted(criteria, seeds, problems: dict[str, PlantedConfig] = PROBLEMS, variants=None) -> dict:
+    """Every criterion, and every APIB variant (name -> `apib.prune` options; one row per distinct
+    one-layer configuration, see planted_rows), on every problem and seed. Returns {"problems", "seeds",
+    "variants", "runs", "summary"}: runs one row per (problem, criterion, seed) with the kept channels
+    and precision_recall's metrics; summary their mean and std over seeds per (problem, criterion)."""
     criteria, seeds = _check_criteria(criteria, PLANTED_CRITERIA), _check_seeds(seeds)
+    variants = variants or {}
+    shared = planted_rows(variants)
+    extra = [name for name in shared if name not in criteria]
+    criteria = [*criteria, *extra]
     runs = []
     for name, cfg in problems.items():
         for seed in seeds:
             problem = planted_problem(cfg, seed)
             for criterion in criteria:
-                kept = planted_keep(problem, criterion, seed)
+                if criterion in extra:
+                    kept = planted_apib(problem, variants[criterion])
+                else:
+                    kept = planted_keep(problem, criterion, seed)
                 row = {"problem": name, "criterion": criterion, "seed": seed, "kept": sorted(kept.tolist())}
                 runs.append({**row, **precision_recall(problem, kept)})
     summary = []
@@ -214,6 +260,9 @@ def run_planted(criteria, seeds, problems: dict[str, PlantedConfig] = PROBLEMS) 
         "problems": {name: asdict(cfg) for name, cfg in problems.items()},
         "loud_gain": LOUD_GAIN,
         "seeds": seeds,
+        "variants": {name: variants[name] for name in extra},
+        "shared_rows": {name: names for name, names in shared.items() if len(names) > 1},
+        "without_row": [v for v in variants if all(v not in names for names in shared.values())],
         "runs": runs,
         "summary": summary,
     }
@@ -237,8 +286,17 @@ def planted_markdown(result: dict, env: dict) -> str:
         lines.append(
             f"- **{name}**: n {cfg['n']}, C {cfg['channels']}, k {cfg['k']}, {cfg['side']}×{cfg['side']} "
             f"maps, scale spread σ {cfg['spread']}, {cfg['loud']} loud (×{result['loud_gain']:g}), "
-            f"{cfg['duplicates']} duplicates"
+            f"{cfg['duplicates']} duplicates, correlation ρ {cfg['correlation']}"
         )
+    for name, options in result["variants"].items():
+        lines.append(f"- row **{name}**: APIB with {_options_text(options)}")
+    for name, names in result["shared_rows"].items():
+        lines.append(
+            f"- row **{name}** also stands for {', '.join(names[1:])} (same single-layer selection: "
+            "allocation and penalty scale do not change which k channels one Lasso keeps)"
+        )
+    if result["without_row"]:
+        lines.append(f"- no row for {', '.join(result['without_row'])}: the planted problems have no labels")
     for metric in ("recall", "precision"):
         lines += ["", f"## {metric.capitalize()}", ""]
         lines.append("| criterion | " + " | ".join(problems) + " |")
@@ -262,16 +320,65 @@ def planted_markdown(result: dict, env: dict) -> str:
 # Pruning quality
 
 
+DEFAULT_VARIANTS = (
+    "apib-uniform=allocation=uniform",
+    "apib-threshold=allocation=threshold",
+    "apib-layer=penalty_scale=layer",
+    "apib-median=bandwidth=median",
+    "apib-normalize=normalize=true",
+    "apib-labels=target=labels",
+)
+"""Named APIB configurations, NAME=OPTION=VALUE[,OPTION=VALUE...] (options of `apib.prune`)."""
+STAGES = ("bn", "finetuned")
+STAGE_NAMES = {"bn": "BN re-estimated", "finetuned": "fine-tuned"}
+P_THRESHOLD = 0.05
+
+
+def _option_value(text: str):
+    """'true'/'false' -> bool, 'none' -> None, an int or a float where it parses as one, else the text."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'NAME=OPTION=VALUE,...' -> (NAME, {"criterion": "apib", OPTION: VALUE, ...}), checked by
+    `PruneOptions`."""
+    name, sep, spec = text.partition("=")
+    items = [item.partition("=") for item in spec.split(",")] if spec else []
+    if not name or not sep or not items or any(not k.strip() or not eq for k, eq, _ in items):
+        raise ValueError(f"a variant is NAME=OPTION=VALUE[,OPTION=VALUE...], got {text!r}")
+    options = {"criterion": "apib", **{k.strip(): _option_value(v.strip()) for k, _, v in items}}
+    try:
+        PruneOptions(**options)
+    except TypeError as e:
+        raise ValueError(f"variant {name!r}: {e}") from None
+    return name, options
+
+
 @dataclass(frozen=True)
-class PruningConfig:
-    model: str
+class StudyConfig:
+    """The pruning-quality study: every method in `methods` (name -> `apib.prune` options) prunes each
+    architecture's base model to every FLOPs reduction on every seed; the methods in `finetune` are
+    also fine-tuned. Cells (arch, reduction, seed, method) are cached under work/cells."""
+
+    archs: list[str]
     dataset: str
     data_path: str | None
-    ckpt: str | None
+    ckpts: dict[str, str]
     train_epochs: int
+    reductions: list[float]
     seeds: list[int]
-    criteria: list[str]
-    flops_reduction: float
+    methods: dict[str, dict]
+    finetune: list[str]
     tolerance: float
     calib_size: int
     bn_images: int
@@ -279,175 +386,414 @@ class PruningConfig:
     finetune_lr: float
     batch_size: int
     device: str
+    work: str
+
+    def __post_init__(self):
+        if not self.archs or any(a not in model_names() for a in self.archs):
+            raise ValueError(f"archs must be a non-empty list drawn from {model_names()}, got {self.archs!r}")
+        if not self.reductions or any(not 0 < r < 1 for r in self.reductions):
+            raise ValueError(
+                f"reductions must be a non-empty list of fractions in (0, 1), got {self.reductions}"
+            )
+        _check_seeds(self.seeds)
+        if not self.methods:
+            raise ValueError("methods must not be empty")
+        unknown = [m for m in self.finetune if m not in self.methods]
+        if unknown:
+            raise ValueError(f"finetune names methods that are not run: {unknown}")
+        for name in ("train_epochs", "finetune_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.bn_images < 2:
+            raise ValueError(
+                f"bn_images must be >= 2 (BatchNorm statistics need a batch), got {self.bn_images}"
+            )
 
 
-def _base_model(cfg: PruningConfig, device: torch.device, train_set, val) -> tuple[torch.nn.Module, dict]:
-    """The model every criterion prunes: --ckpt's weights, or trained here (seed 0, lr 0.1)."""
+def _base_model(cfg: StudyConfig, arch: str, device, train_set, val, log) -> tuple[torch.nn.Module, dict]:
+    """The model every method prunes: --ckpt's weights, or trained here (seed 0, lr 0.1) and cached
+    under work/base, so a rerun loads it."""
+    classes = data.num_classes(cfg.dataset)
+    if arch in cfg.ckpts:
+        model = get_model(arch, classes, pretrained_path=cfg.ckpts[arch]).to(device)
+        info = {"source": f"--ckpt {cfg.ckpts[arch]}", "train_epochs": 0, "train_s": 0.0}
+        info["top1"] = evaluate(model, val, device)["top1"]
+        return model.eval(), info
+    path = os.path.join(cfg.work, "base", f"{arch}_{cfg.dataset}_e{cfg.train_epochs}.pt")
+    if os.path.exists(path) and os.path.exists(path + ".json"):
+        with open(path + ".json") as f:
+            info = json.load(f)
+        log(f"base {arch}: cached {path}")
+        return get_model(arch, classes, pretrained_path=path).to(device).eval(), info
     torch.manual_seed(0)
-    model = get_model(cfg.model, data.num_classes(cfg.dataset), pretrained_path=cfg.ckpt).to(device)
-    info = {"ckpt": cfg.ckpt, "train_epochs": 0 if cfg.ckpt else cfg.train_epochs, "train_s": 0.0}
-    if info["train_epochs"]:
-        t0 = time.perf_counter()
-        train(
-            model,
-            data.loader(train_set(), cfg.batch_size, train=True, seed=0),
-            cfg.train_epochs,
-            device=device,
-            progress=False,
-        )
-        info["train_s"] = time.perf_counter() - t0
+    model = get_model(arch, classes).to(device)
+    t0 = time.perf_counter()
+    loader = data.loader(train_set(), cfg.batch_size, train=True, seed=0)
+    train(model, loader, cfg.train_epochs, device=device, progress=False)
+    info = {"source": f"trained here, {cfg.train_epochs} epochs", "train_epochs": cfg.train_epochs}
+    info["train_s"] = time.perf_counter() - t0
     info["top1"] = evaluate(model, val, device)["top1"]
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    _write_json(info, path + ".json")
+    log(f"base {arch}: top-1 {info['top1']:.2f}% after {cfg.train_epochs} epochs ({info['train_s']:.0f}s)")
     return model.eval(), info
 
 
-def run_pruning(cfg: PruningConfig, log=print) -> dict:
-    """Every criterion prunes the same base model on every seed. Returns {"config", "base", "runs",
-    "summary"}: one run per (criterion, seed); summary per criterion (means and stds over seeds)."""
-    _check_criteria(cfg.criteria, PRUNING_CRITERIA)
-    _check_seeds(cfg.seeds)
-    for name in ("train_epochs", "finetune_epochs"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.bn_images < 2:
-        raise ValueError(f"bn_images must be >= 2 (BatchNorm statistics need a batch), got {cfg.bn_images}")
+def cell_settings(cfg: StudyConfig, arch: str, base: dict, reduction: float, seed: int, method: str) -> dict:
+    """Everything a cell's numbers depend on; a cached cell is reused only when its settings are equal."""
+    return {
+        "dataset": cfg.dataset,
+        "arch": arch,
+        "base": base["source"],
+        "reduction": reduction,
+        "seed": seed,
+        "method": method,
+        "options": cfg.methods[method],
+        "tolerance": cfg.tolerance,
+        "calib_size": cfg.calib_size,
+        "bn_images": cfg.bn_images,
+        "batch_size": cfg.batch_size,
+        "finetune_epochs": cfg.finetune_epochs if method in cfg.finetune else 0,
+        "finetune_lr": cfg.finetune_lr,
+    }
+
+
+def cell_path(work: str, settings: dict) -> str:
+    s = settings
+    return os.path.join(
+        work, "cells", s["dataset"], s["arch"], f"r{s['reduction']:g}", f"s{s['seed']}", f"{s['method']}.json"
+    )
+
+
+def load_cell(work: str, settings: dict) -> dict | None:
+    """The cached cell of `settings`, or None when there is none or it was made with other settings."""
+    path = cell_path(work, settings)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        cell = json.load(f)
+    return cell if cell["settings"] == settings else None
+
+
+def run_cell(settings: dict, model, datasets: dict, val, device) -> dict:
+    """Prunes `model` as `settings` says; top-1 after BN re-estimation and, with finetune_epochs, after
+    fine-tuning (top1_finetuned None otherwise). The seed fixes the calibration images, the BN images,
+    the random criterion and the fine-tune's data order."""
+    s, seed = settings, settings["seed"]
+    t0 = time.perf_counter()
+    result = prune(
+        model,
+        data.loader(datasets["calib"], s["calib_size"], train=True, seed=seed),
+        flops_reduction=s["reduction"],
+        tolerance=s["tolerance"],
+        calib_size=s["calib_size"],
+        seed=seed,
+        device=device,
+        progress=False,
+        **s["options"],
+    )
+    prune_s = time.perf_counter() - t0
+    pruned = result.model
+    bn_loader = data.loader(datasets["calib"], s["batch_size"], train=True, seed=seed)
+    top1_bn = evaluate(recalibrate_bn(copy.deepcopy(pruned), bn_loader, s["bn_images"], device), val, device)
+    top1_tuned, t0 = None, time.perf_counter()
+    if s["finetune_epochs"]:
+        torch.manual_seed(seed)
+        tune = data.loader(datasets["train"](), s["batch_size"], train=True, seed=seed)
+        train(pruned, tune, s["finetune_epochs"], lr=s["finetune_lr"], device=device, progress=False)
+        top1_tuned = evaluate(pruned, val, device)["top1"]
+    return {
+        "settings": settings,
+        "flops_before": result.flops_before,
+        "flops_after": result.flops_after,
+        "flops_reduction": result.flops_reduction,
+        "params_before": result.params_before,
+        "params_after": result.params_after,
+        "widths": [d.n_kept for d in result.layers],
+        "top1_bn": top1_bn["top1"],
+        "top1_finetuned": top1_tuned,
+        "prune_s": prune_s,
+        "finetune_s": time.perf_counter() - t0,
+    }
+
+
+def run_study(cfg: StudyConfig, log=print, on_progress=None, report_only: bool = False) -> dict:
+    """Runs (or, with report_only, only collects) every cell: per architecture, seed by seed, every
+    reduction and method, so partial results cover every reduction. A cached cell with equal settings is
+    skipped; each new one is written atomically as it completes. on_progress(result) after every seed.
+    Returns {"config", "bases", "runs", "time_s"}: runs are the cells' records, flattened."""
     device = torch.device(cfg.device)
     val = data.loader(data.get_dataset(cfg.dataset, cfg.data_path, train=False), 256, train=False)
-    calib_ds = data.get_dataset(cfg.dataset, cfg.data_path, train=True, augment=False)
-    # The augmented training split, read only if something trains (reading it takes seconds).
-    train_set = functools.cache(
-        lambda: data.get_dataset(cfg.dataset, cfg.data_path, train=True, augment=True)
-    )
-    model, base = _base_model(cfg, device, train_set, val)
-    log(f"base {cfg.model} on {cfg.dataset}: top-1 {base['top1']:.2f}% ({base['train_s']:.0f}s training)")
-    runs = []
-    for criterion in cfg.criteria:
+    datasets = {
+        "calib": data.get_dataset(cfg.dataset, cfg.data_path, train=True, augment=False),
+        # The augmented training split, read only if something trains (reading CIFAR takes seconds).
+        "train": functools.cache(
+            lambda: data.get_dataset(cfg.dataset, cfg.data_path, train=True, augment=True)
+        ),
+    }
+    result = {"config": asdict(cfg), "bases": {}, "runs": [], "time_s": 0.0}
+    start = time.perf_counter()
+    for arch in cfg.archs:
+        model = None
         for seed in cfg.seeds:
-            t0 = time.perf_counter()
-            result = prune(
-                model,
-                data.loader(calib_ds, cfg.calib_size, train=True, seed=seed),
-                flops_reduction=cfg.flops_reduction,
-                criterion=criterion,
-                tolerance=cfg.tolerance,
-                calib_size=cfg.calib_size,
-                seed=seed,
-                device=device,
-                progress=False,
-            )
-            prune_s = time.perf_counter() - t0
-            pruned = result.model
-            top1_pruned = top1_tuned = evaluate(pruned, val, device)["top1"]
-            bn_loader = data.loader(calib_ds, cfg.batch_size, train=True, seed=seed)
-            top1_bn = evaluate(
-                recalibrate_bn(copy.deepcopy(pruned), bn_loader, cfg.bn_images, device), val, device
-            )["top1"]
-            t0 = time.perf_counter()
-            if cfg.finetune_epochs:
-                torch.manual_seed(seed)
-                tune = data.loader(train_set(), cfg.batch_size, train=True, seed=seed)
-                train(pruned, tune, cfg.finetune_epochs, lr=cfg.finetune_lr, device=device, progress=False)
-                top1_tuned = evaluate(pruned, val, device)["top1"]
-            finetune_s = time.perf_counter() - t0
-            log(
-                f"{criterion:>6} seed {seed}: -{100 * result.flops_reduction:.1f}% FLOPs, top-1 "
-                f"{top1_pruned:.2f}% pruned, {top1_bn:.2f}% BN re-estimated, {top1_tuned:.2f}% fine-tuned "
-                f"({prune_s + finetune_s:.0f}s)"
-            )
-            runs.append(
-                {
-                    "criterion": criterion,
-                    "seed": seed,
-                    "flops_before": result.flops_before,
-                    "flops_after": result.flops_after,
-                    "flops_reduction": result.flops_reduction,
-                    "params_before": result.params_before,
-                    "params_after": result.params_after,
-                    "widths": [d.n_kept for d in result.layers],
-                    "top1_pruned": top1_pruned,
-                    "top1_bn": top1_bn,
-                    "top1_finetuned": top1_tuned,
-                    "prune_s": prune_s,
-                    "finetune_s": finetune_s,
-                }
-            )
-    summary = []
-    for criterion in cfg.criteria:
-        rows = [r for r in runs if r["criterion"] == criterion]
-        entry = {"criterion": criterion, "seeds": len(rows)}
-        for metric in ("flops_reduction", "params_after", "top1_pruned", "top1_bn", "top1_finetuned"):
-            entry[f"{metric}_mean"], entry[f"{metric}_std"] = _mean_std([r[metric] for r in rows])
+            for reduction in cfg.reductions:
+                for method in cfg.methods:
+                    if model is None:
+                        if report_only and not _cached_base(cfg, arch):
+                            break
+                        model, result["bases"][arch] = _base_model(
+                            cfg, arch, device, datasets["train"], val, log
+                        )
+                    settings = cell_settings(cfg, arch, result["bases"][arch], reduction, seed, method)
+                    cell = load_cell(cfg.work, settings)
+                    if cell is None and not report_only:
+                        cell = run_cell(settings, model, datasets, val, device)
+                        _write_json(cell, cell_path(cfg.work, settings))
+                        tuned = cell["top1_finetuned"]
+                        log(
+                            f"{arch} -{reduction:g} seed {seed} {method:>14}: "
+                            f"-{100 * cell['flops_reduction']:.1f}% FLOPs, top-1 {cell['top1_bn']:.2f}% BN"
+                            + ("" if tuned is None else f", {tuned:.2f}% fine-tuned")
+                            + f" ({cell['prune_s'] + cell['finetune_s']:.1f}s)"
+                        )
+                    if cell is not None:
+                        result["runs"].append(
+                            {**cell["settings"], **{k: v for k, v in cell.items() if k != "settings"}}
+                        )
+            result["time_s"] = time.perf_counter() - start
+            if on_progress is not None and not report_only:
+                on_progress(result)
+    return result
+
+
+def _cached_base(cfg: StudyConfig, arch: str) -> bool:
+    path = os.path.join(cfg.work, "base", f"{arch}_{cfg.dataset}_e{cfg.train_epochs}.pt")
+    return arch in cfg.ckpts or os.path.exists(path + ".json")
+
+
+def paired_test(a: list[float], b: list[float]) -> dict:
+    """Two-sided paired t-test of a against b (same seeds, same order; scipy.stats.ttest_rel).
+    outcome: "win" (mean a − b > 0 and p < P_THRESHOLD), "loss" (< 0 and p < P_THRESHOLD), else "tie";
+    None with fewer than 2 pairs. Equal differences on every seed give p 0 (or 1 when all are 0)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
+    if len(a) < 2:
+        return {"n": len(a), "diff": None, "p": None, "outcome": None}
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    diff = statistics.fmean(d)
+    if max(d) == min(d):
+        p = 1.0 if diff == 0 else 0.0
+    else:
+        p = float(stats.ttest_rel(a, b).pvalue)
+    outcome = "tie" if p >= P_THRESHOLD else ("win" if diff > 0 else "loss")
+    return {"n": len(a), "diff": diff, "p": p, "outcome": outcome}
+
+
+def analyse(result: dict) -> dict:
+    """Adds "summary" (mean ± std per arch, reduction, method) and "comparisons" (paired_test of every
+    method against every baseline criterion per arch, reduction and stage, on the seeds both have)."""
+    cfg = result["config"]
+    groups: dict[tuple, dict[int, dict]] = {}
+    for r in result["runs"]:
+        groups.setdefault((r["arch"], r["reduction"], r["method"]), {})[r["seed"]] = r
+    summary, comparisons = [], []
+    baselines = [m for m in cfg["methods"] if m in CRITERIA]
+    for (arch, reduction, method), by_seed in groups.items():
+        rows = list(by_seed.values())
+        entry = {"arch": arch, "reduction": reduction, "method": method, "seeds": sorted(by_seed)}
+        for metric in ("flops_reduction", "params_after", "top1_bn", "top1_finetuned"):
+            values = [r[metric] for r in rows if r[metric] is not None]
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = _mean_std(values) if values else (None, None)
         summary.append(entry)
-    base.update(flops=runs[0]["flops_before"], params=runs[0]["params_before"])
-    return {"config": asdict(cfg), "base": base, "runs": runs, "summary": summary}
+        for baseline in baselines:
+            other = groups.get((arch, reduction, baseline), {})
+            for stage in STAGES:
+                key = f"top1_{stage}"
+                seeds = sorted(
+                    s for s in by_seed if s in other and None not in (by_seed[s][key], other[s][key])
+                )
+                if method == baseline or not seeds:
+                    continue
+                test = paired_test([by_seed[s][key] for s in seeds], [other[s][key] for s in seeds])
+                comparisons.append(
+                    {
+                        "arch": arch,
+                        "reduction": reduction,
+                        "stage": stage,
+                        "method": method,
+                        "baseline": baseline,
+                    }
+                    | test
+                )
+    return {**result, "summary": summary, "comparisons": comparisons}
 
 
-def pruning_markdown(result: dict, env: dict) -> str:
-    cfg, base = result["config"], result["base"]
-    origin = f"--ckpt {cfg['ckpt']}" if cfg["ckpt"] else f"trained here for {base['train_epochs']} epoch(s)"
+def tally(comparisons: list[dict]) -> dict:
+    """{(method, baseline, stage): {"win": n, "tie": n, "loss": n}} over settings (arch, reduction), and
+    under baseline "all": settings where the method wins or ties against every baseline ("win" if it
+    wins against every one), or loses against at least one."""
+    counts: dict[tuple, dict] = {}
+    per_setting: dict[tuple, list[str]] = {}
+    for c in comparisons:
+        if c["outcome"] is None:
+            continue
+        counts.setdefault((c["method"], c["baseline"], c["stage"]), dict.fromkeys(("win", "tie", "loss"), 0))
+        counts[c["method"], c["baseline"], c["stage"]][c["outcome"]] += 1
+        per_setting.setdefault((c["method"], c["stage"], c["arch"], c["reduction"]), []).append(c["outcome"])
+    for (method, stage, _, _), outcomes in per_setting.items():
+        entry = counts.setdefault((method, "all", stage), dict.fromkeys(("win", "tie", "loss"), 0))
+        entry["loss" if "loss" in outcomes else "win" if set(outcomes) == {"win"} else "tie"] += 1
+    return counts
+
+
+def _options_text(options: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items() if k != "criterion") or "defaults"
+
+
+def _fmt(mean, std) -> str:
+    return "–" if mean is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def study_markdown(result: dict, env: dict) -> str:
+    cfg = result["config"]
+    methods = list(cfg["methods"])
+    baselines = [m for m in methods if m in CRITERIA]
+    contenders = [m for m in methods if m not in CRITERIA]
+    seeds_by_arch = {}
+    for r in result["runs"]:
+        seeds_by_arch.setdefault(r["arch"], set()).add(r["seed"])
     lines = [
-        f"# Pruning quality: {cfg['model']} on {cfg['dataset']}",
+        f"# Pruning quality on {cfg['dataset']}: {', '.join(cfg['archs'])}",
         "",
         _env_line(env),
         "",
-        f"Base model ({origin}): top-1 {base['top1']:.2f}%, {base['flops'] / 1e6:.2f}M FLOPs, "
-        f"{base['params'] / 1e6:.3f}M params. Target FLOPs reduction {cfg['flops_reduction']:g} "
-        f"(tolerance {cfg['tolerance']:g}); calibration {cfg['calib_size']} un-augmented training images "
-        f"in each seed's order; BN statistics re-estimated on {cfg['bn_images']} training images; "
-        f"fine-tune {cfg['finetune_epochs']} epoch(s), lr {cfg['finetune_lr']:g} (cosine), batch "
-        f"{cfg['batch_size']}; seeds {', '.join(map(str, cfg['seeds']))}; mean ± std over seeds.",
+        f"Target FLOPs reductions {', '.join(f'{r:g}' for r in cfg['reductions'])} (tolerance "
+        f"{cfg['tolerance']:g}); calibration {cfg['calib_size']} un-augmented training images in each "
+        f"seed's order; BN statistics re-estimated on {cfg['bn_images']} training images (no weight "
+        f"change); fine-tune {cfg['finetune_epochs']} epoch(s), lr {cfg['finetune_lr']:g} (cosine), batch "
+        f"{cfg['batch_size']}, for {', '.join(cfg['finetune'])} only. A seed fixes the calibration images, "
+        "the BN images, the random criterion and the fine-tune's data order, so runs with the same seed are "
+        "paired. APIB's own allocation sets per-layer widths; the baselines share one pruning ratio.",
         "",
-        "| criterion | FLOPs reduction | params | top-1 after pruning (%) | top-1 after BN re-estimation (%) "
-        "| top-1 after fine-tune (%) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "Test: two-sided paired t-test over seeds (scipy.stats.ttest_rel), p < "
+        f"{P_THRESHOLD:g} is a win or a loss, otherwise a tie; a setting is one (architecture, reduction). "
+        f"Time {result['time_s'] / 60:.0f} min for the cells run in the last invocation.",
+        "",
+        "| architecture | base model | top-1 (%) | FLOPs | params | seeds run |",
+        "|---|---|---:|---:|---:|---|",
     ]
-    for s in result["summary"]:
+    for arch, base in result["bases"].items():
+        run = [r for r in result["runs"] if r["arch"] == arch]
+        seeds = sorted(seeds_by_arch.get(arch, ()))
+        short = "" if len(seeds) >= len(cfg["seeds"]) else f" (fewer than the {len(cfg['seeds'])} asked)"
         lines.append(
-            f"| {s['criterion']} | {100 * s['flops_reduction_mean']:.1f}% "
-            f"| {s['params_after_mean'] / 1e6:.3f}M "
-            f"| {s['top1_pruned_mean']:.2f} ± {s['top1_pruned_std']:.2f} "
-            f"| {s['top1_bn_mean']:.2f} ± {s['top1_bn_std']:.2f} "
-            f"| {s['top1_finetuned_mean']:.2f} ± {s['top1_finetuned_std']:.2f} |"
+            f"| {arch} | {base['source']} | {base['top1']:.2f} | "
+            + (
+                f"{run[0]['flops_before'] / 1e6:.2f}M | {run[0]['params_before'] / 1e6:.3f}M"
+                if run
+                else "– | –"
+            )
+            + f" | {', '.join(map(str, seeds))}{short} |"
         )
+    counts = tally(result["comparisons"])
+    for stage in STAGES:
+        lines += [
+            "",
+            f"## Wins / ties / losses, {STAGE_NAMES[stage]} (settings; W/T/L)",
+            "",
+            "| method | " + " | ".join(f"vs {b}" for b in baselines) + " | vs every baseline |",
+            "|---|" + "---:|" * (len(baselines) + 1),
+        ]
+        for m in methods:
+            cells = []
+            for b in [*baselines, "all"]:
+                c = counts.get((m, b, stage))
+                cells.append("–" if c is None else f"{c['win']}/{c['tie']}/{c['loss']}")
+            if any(c != "–" for c in cells):
+                lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        '"vs every baseline": W = wins against all, T = wins or ties against all (not W), L = loses to at '
+        f"least one. Contenders: {', '.join(contenders)}; options: "
+        + "; ".join(f"{m} = {_options_text(cfg['methods'][m])}" for m in contenders)
+        + ".",
+    ]
+    versus_l1 = {
+        (c["arch"], c["reduction"], c["stage"], c["method"]): c
+        for c in result["comparisons"]
+        if c["baseline"] == "l1"
+    }
+    mark = {"win": " ▲", "loss": " ▼", "tie": "", None: ""}
+    by_key = {(s["arch"], s["reduction"], s["method"]): s for s in result["summary"]}
+    for arch in cfg["archs"]:
+        if arch not in seeds_by_arch:
+            continue
+        lines += [
+            "",
+            f"## {arch}: top-1 (%), mean ± std over seeds (▲/▼: significantly above/below l1)",
+            "",
+            "| method | "
+            + " | ".join(f"-{r:g}: FLOPs ↓ | BN | fine-tuned" for r in cfg["reductions"])
+            + " |",
+            "|---|" + "---:|" * (3 * len(cfg["reductions"])),
+        ]
+        for m in methods:
+            cells = []
+            for r in cfg["reductions"]:
+                s = by_key.get((arch, r, m))
+                if s is None:
+                    cells += ["–"] * 3
+                    continue
+                marks = [mark[versus_l1.get((arch, r, st, m), {}).get("outcome")] for st in STAGES]
+                cells += [
+                    f"{100 * s['flops_reduction_mean']:.1f}%",
+                    _fmt(s["top1_bn_mean"], s["top1_bn_std"]) + marks[0],
+                    _fmt(s["top1_finetuned_mean"], s["top1_finetuned_std"]) + marks[1],
+                ]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def pruning_plot(result: dict, path: str) -> None:
-    """Bars per criterion: top-1 after pruning, after BN re-estimation and after fine-tuning (error bars:
-    std over seeds),
-    with the unpruned model's top-1 as a line."""
+def study_plot(result: dict, path: str) -> None:
+    """Top-1 against the FLOPs reduction per architecture (columns) and stage (rows), one line per
+    method with std error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary, cfg = result["summary"], result["config"]
-    idx = range(len(summary))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(summary)) + 2.5, 4))
-    for offset, key, label, color in (
-        (-0.27, "top1_pruned", "after pruning", "#c8d3e0"),
-        (0.0, "top1_bn", "BN statistics re-estimated", "#8fb0d8"),
-        (0.27, "top1_finetuned", f"after {cfg['finetune_epochs']} fine-tune epoch(s)", "#2f6db5"),
-    ):
-        ax.bar(
-            [i + offset for i in idx],
-            [s[f"{key}_mean"] for s in summary],
-            0.27,
-            yerr=[s[f"{key}_std"] for s in summary],
-            capsize=3,
-            color=color,
-            label=label,
-        )
-    ax.axhline(result["base"]["top1"], color="k", linestyle="--", linewidth=1, label="unpruned")
-    ax.set_xticks(list(idx), [s["criterion"] for s in summary])
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(
-        f"{cfg['model']} on {cfg['dataset']}, -{100 * cfg['flops_reduction']:.0f}% FLOPs, "
-        f"{len(cfg['seeds'])} seed(s)"
+    cfg = result["config"]
+    archs = [a for a in cfg["archs"] if a in result["bases"]]
+    fig, axes = plt.subplots(
+        len(STAGES), max(1, len(archs)), figsize=(4.2 * max(1, len(archs)) + 2, 7), squeeze=False
     )
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.tight_layout()
+    by_key = {(s["arch"], s["reduction"], s["method"]): s for s in result["summary"]}
+    for col, arch in enumerate(archs):
+        for row, stage in enumerate(STAGES):
+            ax = axes[row][col]
+            for i, m in enumerate(cfg["methods"]):
+                points = [(r, by_key[arch, r, m]) for r in cfg["reductions"] if (arch, r, m) in by_key]
+                points = [(r, s) for r, s in points if s[f"top1_{stage}_mean"] is not None]
+                if points:
+                    ax.errorbar(
+                        [100 * r + 0.6 * (i - len(cfg["methods"]) / 2) for r, _ in points],
+                        [s[f"top1_{stage}_mean"] for _, s in points],
+                        yerr=[s[f"top1_{stage}_std"] for _, s in points],
+                        marker="o" if m in CRITERIA else "s",
+                        linestyle="-" if m in CRITERIA else "--",
+                        capsize=2,
+                        label=m,
+                    )
+            ax.axhline(result["bases"][arch]["top1"], color="k", linestyle=":", linewidth=1)
+            ax.set_title(f"{arch}, {STAGE_NAMES[stage]}", fontsize=9)
+            ax.set_xlabel("target FLOPs reduction (%)")
+            ax.set_ylabel("top-1 (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -481,47 +827,75 @@ def _write_json(obj: dict, path: str) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
+def write_study(result: dict, env: dict, stem: str) -> str:
+    """Analyses `result` and writes stem.{md,json,png} atomically; returns the table."""
+    result = analyse(result)
+    text = study_markdown(result, env)
+    write_atomic(stem + ".md", text)
+    _write_json({"env": env, **result}, stem + ".json")
+    if result["runs"]:
+        study_plot(result, stem + ".png")
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tests", nargs="+", choices=TESTS, default=list(TESTS), help="which tests to run")
-    p.add_argument("--model", default="resnet20", choices=model_names())
+    p.add_argument("--archs", nargs="+", default=["resnet20", "resnet56", "vgg16"], choices=model_names())
     p.add_argument(
         "--dataset", default=None, choices=data.dataset_names(), help="digits, or cifar10 with --data-path"
     )
     p.add_argument("--data-path", default=None, help="local dataset folder (not for digits)")
-    p.add_argument("--ckpt", default=None, help="trained weights to prune (default: train here)")
-    p.add_argument("--train-epochs", type=int, default=5, help="training epochs without --ckpt (lr 0.1)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--ckpt", nargs="+", default=[], metavar="ARCH=PATH", help="trained weights (else: train)")
+    p.add_argument("--train-epochs", type=int, default=15, help="training epochs without --ckpt (lr 0.1)")
+    p.add_argument("--reductions", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--criteria", nargs="+", default=list(PRUNING_CRITERIA), choices=PRUNING_CRITERIA)
-    p.add_argument("--flops-reduction", type=float, default=0.5)
+    p.add_argument(
+        "--variants", nargs="*", default=list(DEFAULT_VARIANTS), metavar="NAME=OPTION=VALUE[,OPTION=VALUE]"
+    )
+    p.add_argument(
+        "--finetune",
+        nargs="*",
+        default=None,
+        metavar="METHOD",
+        help="methods that are also fine-tuned (default: the criteria)",
+    )
     p.add_argument("--tolerance", type=float, default=0.03, help="relative FLOPs tolerance")
     p.add_argument("--calib-size", type=int, default=128)
     p.add_argument("--bn-images", type=int, default=1024, help="images re-estimating BN statistics")
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--planted-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--quick", action="store_true", help="1 seed and epoch, 2 planted seeds: a fast check")
+    p.add_argument("--planted-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    p.add_argument("--quick", action="store_true", help="resnet20, 1 seed, 1 training and fine-tuning epoch")
+    p.add_argument(
+        "--work", default=os.path.expanduser("~/.cache/apib/quality"), help="cached models and cells"
+    )
+    p.add_argument("--report-only", action="store_true", help="tables from the cached cells; run nothing")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=RESULTS, help="results folder")
     args = p.parse_args(argv)
     if args.quick:
-        args.seeds, args.train_epochs, args.planted_seeds = [0], 1, [0, 1]
+        args.archs, args.seeds, args.train_epochs, args.planted_seeds = ["resnet20"], [0], 1, [0, 1]
         args.finetune_epochs = min(args.finetune_epochs, 1)
     dataset = args.dataset or ("cifar10" if args.data_path else "digits")
+    variants = dict(parse_variant(v) for v in args.variants)
     env = environment(args.device)
     start = time.perf_counter()
     outputs = []
     if "pruning" in args.tests:
-        cfg = PruningConfig(
-            model=args.model,
+        ckpts = dict(item.split("=", 1) for item in args.ckpt)
+        cfg = StudyConfig(
+            archs=args.archs,
             dataset=dataset,
             data_path=args.data_path,
-            ckpt=args.ckpt,
+            ckpts=ckpts,
             train_epochs=args.train_epochs,
+            reductions=args.reductions,
             seeds=args.seeds,
-            criteria=args.criteria,
-            flops_reduction=args.flops_reduction,
+            methods={**{c: {"criterion": c} for c in args.criteria}, **variants},
+            finetune=list(args.criteria) if args.finetune is None else args.finetune,
             tolerance=args.tolerance,
             calib_size=args.calib_size,
             bn_images=args.bn_images,
@@ -529,20 +903,16 @@ def main(argv: list[str] | None = None) -> None:
             finetune_lr=args.finetune_lr,
             batch_size=args.batch_size,
             device=args.device,
+            work=args.work,
         )
-        result = run_pruning(cfg)
-        result["time_s"] = time.perf_counter() - start
-        stem = os.path.join(args.out, f"quality_{args.model}_{dataset}")
-        text = pruning_markdown(result, env)
-        write_atomic(stem + ".md", text)
-        _write_json({"env": env, **result}, stem + ".json")
-        pruning_plot(result, stem + ".png")
-        print(text)
+        stem = os.path.join(args.out, f"quality_{dataset}")
+        result = run_study(cfg, on_progress=lambda r: write_study(r, env, stem), report_only=args.report_only)
+        print(write_study(result, env, stem))
         outputs.append(stem + ".{md,json,png}")
     if "planted" in args.tests:
         t0 = time.perf_counter()
         criteria = [*args.criteria, "apib-std"] if "apib" in args.criteria else args.criteria
-        result = run_planted(criteria, args.planted_seeds)
+        result = run_planted(criteria, args.planted_seeds, variants=variants)
         result["time_s"] = time.perf_counter() - t0
         stem = os.path.join(args.out, "planted_signal")
         text = planted_markdown(result, env)
