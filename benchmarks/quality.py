@@ -30,7 +30,6 @@ planted_signal.{md,json}, each with the device, versions and commit.
 """
 
 import argparse
-import copy
 import functools
 import json
 import math
@@ -478,8 +477,8 @@ def load_cell(work: str, settings: dict) -> dict | None:
 
 def run_cell(settings: dict, model, datasets: dict, val, device) -> dict:
     """Prunes `model` as `settings` says; top-1 after BN re-estimation and, with finetune_epochs, after
-    fine-tuning (top1_finetuned None otherwise). The seed fixes the calibration images, the BN images,
-    the random criterion and the fine-tune's data order."""
+    fine-tuning that model further (top1_finetuned None otherwise). The seed fixes the calibration
+    images, the BN images, the random criterion and the fine-tune's data order."""
     s, seed = settings, settings["seed"]
     t0 = time.perf_counter()
     result = prune(
@@ -494,9 +493,9 @@ def run_cell(settings: dict, model, datasets: dict, val, device) -> dict:
         **s["options"],
     )
     prune_s = time.perf_counter() - t0
-    pruned = result.model
     bn_loader = data.loader(datasets["calib"], s["batch_size"], train=True, seed=seed)
-    top1_bn = evaluate(recalibrate_bn(copy.deepcopy(pruned), bn_loader, s["bn_images"], device), val, device)
+    pruned = recalibrate_bn(result.model, bn_loader, s["bn_images"], device)
+    top1_bn = evaluate(pruned, val, device)
     top1_tuned, t0 = None, time.perf_counter()
     if s["finetune_epochs"]:
         torch.manual_seed(seed)
@@ -671,10 +670,10 @@ def study_markdown(result: dict, env: dict) -> str:
         f"Target FLOPs reductions {', '.join(f'{r:g}' for r in cfg['reductions'])} (tolerance "
         f"{cfg['tolerance']:g}); calibration {cfg['calib_size']} un-augmented training images in each "
         f"seed's order; BN statistics re-estimated on {cfg['bn_images']} training images (no weight "
-        f"change); fine-tune {cfg['finetune_epochs']} epoch(s), lr {cfg['finetune_lr']:g} (cosine), batch "
-        f"{cfg['batch_size']}, for {', '.join(cfg['finetune'])} only. A seed fixes the calibration images, "
-        "the BN images, the random criterion and the fine-tune's data order, so runs with the same seed are "
-        "paired. APIB's own allocation sets per-layer widths; the baselines share one pruning ratio.",
+        f"change); then fine-tune {cfg['finetune_epochs']} epoch(s), lr {cfg['finetune_lr']:g} (cosine), "
+        f"batch {cfg['batch_size']}, for {', '.join(cfg['finetune'])} only. A seed fixes the calibration "
+        "images, the BN images, the random criterion and the fine-tune's data order, so runs with the same "
+        "seed are paired. APIB's own allocation sets per-layer widths; the baselines share one ratio.",
         "",
         "Test: two-sided paired t-test over seeds (scipy.stats.ttest_rel), p < "
         f"{P_THRESHOLD:g} is a win or a loss, otherwise a tie; a setting is one (architecture, reduction). "
