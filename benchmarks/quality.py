@@ -1,32 +1,42 @@
 """Selection quality: does APIB keep better channels than L1, FPGM, HRank, CHIP and random? Two tests.
 
-1. Pruning quality. One trained model (ResNet-20 on the embedded digits by default; CIFAR-10 when
-   --data-path is given; --ckpt loads weights instead of training) is pruned by every criterion to the
-   same FLOPs, through the same layers and surgery (`apib.prune`). Top-1 is measured right after pruning,
-   after re-estimating the BatchNorm statistics alone (no weight changes; see `recalibrate_bn`), and
-   after the same short fine-tune, over several seeds; a seed fixes the calibration images (128
-   un-augmented training images, drawn in the seed's order), the images of the BN re-estimation, the
-   random criterion and the fine-tune's data order. APIB sets per-layer widths under one global
-   penalty; the baselines share one pruning ratio over all layers (as their papers do), so their
-   achieved FLOPs reduction is reported beside the target.
+1. Pruning quality (issue 17's study). Each architecture (--archs; default ResNet-20, ResNet-56 and
+   VGG-16, CIFAR-style) is trained here on the embedded digits (--train-epochs, lr 0.1, seed 0; cached
+   under --work/base so a rerun loads it) or loaded (--ckpt ARCH=PATH), then pruned to every FLOPs
+   reduction (--reductions) on every seed by every method: the criteria (--criteria) and named APIB
+   variants (--variants NAME=OPTION=VALUE,...: options of `apib.prune`), through the same layers and
+   surgery. Top-1 is measured after re-estimating the BatchNorm statistics alone (no weight changes;
+   see `recalibrate_bn`) and, for the methods in --finetune, after a short fine-tune of that model. A
+   seed fixes the calibration images (128 un-augmented training images in the seed's order), the BN
+   images, the random criterion and the fine-tune's data order, so same-seed runs are paired: every
+   method is compared with every baseline criterion per (architecture, reduction) by a two-sided paired
+   t-test over seeds (p < 0.05: win or loss, else tie). APIB's own allocation sets per-layer widths;
+   the baselines share one pruning ratio over all layers (as their papers do), so the achieved FLOPs
+   reduction is reported beside the target. Each finished (arch, reduction, seed, method) cell is
+   written to --work/cells as it completes and reused by a rerun with the same settings, so an
+   interrupted run loses nothing; --report-only rebuilds the tables from the cells.
 2. Planted signal. Synthetic maps X (n, C, H, W) = ReLU(producer conv) where the next layer's output
    Y = ReLU(conv(X[:, S])) + noise reads only the k channels S. Every channel is made from its own
    random input map (a depthwise producer), so channels outside S are independent of Y and the truth
    is well defined. Problems add: per-channel scales spread log-normally (as BN scales spread in
    trained networks), "loud" noise channels (producer filters LOUD_GAIN times larger: large weights and
-   large maps, bait for magnitude criteria), and near-duplicates of signal channels (same input map,
-   slightly perturbed: redundancy). Each criterion keeps k channels; a signal channel and its
-   duplicates form one group, so recall = signal groups hit / k and precision = kept channels that
-   belong to any signal group / k (precision − recall = redundant picks / k). APIB is
-   `hsic_lasso(x, y, n_select=k)` with the pipeline's defaults; the diagnostic row "apib-std" runs it
-   on maps divided by each channel's standard deviation (not what `prune` does).
+   large maps, bait for magnitude criteria), near-duplicates of signal channels (same input map,
+   slightly perturbed: redundancy), and correlated channels (one input map shared by all). Each
+   criterion keeps k channels; a signal channel and its duplicates form one group, so recall = signal
+   groups hit / k and precision = kept channels that belong to any signal group / k (precision − recall
+   = redundant picks / k). APIB is `hsic_lasso(x, y, n_select=k)` with the pipeline's defaults; each
+   variant with another one-layer configuration (bandwidth, normalisation, kernel) gets its own row;
+   the diagnostic row "apib-std" runs APIB on maps divided by each channel's standard deviation.
 
-    python benchmarks/quality.py            # resnet20 on digits, seeds 0 1 2, both tests
-    python benchmarks/quality.py --quick    # seed 0, 1 training epoch, 1 fine-tuning epoch, 2 planted seeds
-    python benchmarks/quality.py --data-path ~/data/cifar10 --ckpt resnet20.pt --tests pruning
+    python benchmarks/quality.py            # the whole study on digits (hours on 2 CPU cores) and both tests
+    python benchmarks/quality.py --quick    # resnet20, seed 0, 1 training and fine-tuning epoch
+    python benchmarks/quality.py --tests pruning --archs resnet20 --seeds 0 1 2 --finetune apib l1
+    # CIFAR-10 with trained weights, the paper's protocol (set the fine-tune schedule to the paper's):
+    python benchmarks/quality.py --tests pruning --data-path ~/data/cifar10 --archs resnet56 \
+        --ckpt resnet56=r56.pt --reductions 0.5 --finetune-epochs 300 --device cuda
 
-Writes, atomically under --out (benchmarks/results/): quality_<model>_<dataset>.{md,json,png} and
-planted_signal.{md,json}, each with the device, versions and commit.
+Writes, atomically under --out (benchmarks/results/): quality_<dataset>.{md,json,png} (rewritten after
+every seed) and planted_signal.{md,json}, each with the device, versions and commit.
 """
 
 import argparse
@@ -328,6 +338,9 @@ DEFAULT_VARIANTS = (
     "apib-labels=target=labels",
 )
 """Named APIB configurations, NAME=OPTION=VALUE[,OPTION=VALUE...] (options of `apib.prune`)."""
+FINETUNED_VARIANTS = ("apib-uniform", "apib-layer")
+"""The variants fine-tuned by default beside the criteria (the best two after BN re-estimation on
+ResNet-20 when the study was planned)."""
 STAGES = ("bn", "finetuned")
 STAGE_NAMES = {"bn": "BN re-estimated", "finetuned": "fine-tuned"}
 P_THRESHOLD = 0.05
@@ -677,7 +690,9 @@ def study_markdown(result: dict, env: dict) -> str:
         "",
         "Test: two-sided paired t-test over seeds (scipy.stats.ttest_rel), p < "
         f"{P_THRESHOLD:g} is a win or a loss, otherwise a tie; a setting is one (architecture, reduction). "
-        f"Time {result['time_s'] / 60:.0f} min for the cells run in the last invocation.",
+        f"Compute: {sum(r['prune_s'] + r['finetune_s'] for r in result['runs']) / 60:.0f} min of pruning and "
+        f"fine-tuning over the cells, {sum(b['train_s'] for b in result['bases'].values()) / 60:.0f} min "
+        "training the base models.",
         "",
         "| architecture | base model | top-1 (%) | FLOPs | params | seeds run |",
         "|---|---|---:|---:|---:|---|",
@@ -846,7 +861,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--data-path", default=None, help="local dataset folder (not for digits)")
     p.add_argument("--ckpt", nargs="+", default=[], metavar="ARCH=PATH", help="trained weights (else: train)")
-    p.add_argument("--train-epochs", type=int, default=15, help="training epochs without --ckpt (lr 0.1)")
+    p.add_argument("--train-epochs", type=int, default=10, help="training epochs without --ckpt (lr 0.1)")
     p.add_argument("--reductions", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--criteria", nargs="+", default=list(PRUNING_CRITERIA), choices=PRUNING_CRITERIA)
@@ -858,12 +873,12 @@ def main(argv: list[str] | None = None) -> None:
         nargs="*",
         default=None,
         metavar="METHOD",
-        help="methods that are also fine-tuned (default: the criteria)",
+        help=f"methods that are also fine-tuned (default: the criteria and {', '.join(FINETUNED_VARIANTS)})",
     )
     p.add_argument("--tolerance", type=float, default=0.03, help="relative FLOPs tolerance")
     p.add_argument("--calib-size", type=int, default=128)
-    p.add_argument("--bn-images", type=int, default=1024, help="images re-estimating BN statistics")
-    p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--bn-images", type=int, default=512, help="images re-estimating BN statistics")
+    p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--planted-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
@@ -884,6 +899,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     outputs = []
     if "pruning" in args.tests:
+        if any("=" not in item for item in args.ckpt):
+            p.error(f"--ckpt takes ARCH=PATH pairs, got {args.ckpt}")
         ckpts = dict(item.split("=", 1) for item in args.ckpt)
         cfg = StudyConfig(
             archs=args.archs,
@@ -894,7 +911,9 @@ def main(argv: list[str] | None = None) -> None:
             reductions=args.reductions,
             seeds=args.seeds,
             methods={**{c: {"criterion": c} for c in args.criteria}, **variants},
-            finetune=list(args.criteria) if args.finetune is None else args.finetune,
+            finetune=[*args.criteria, *(v for v in FINETUNED_VARIANTS if v in variants)]
+            if args.finetune is None
+            else args.finetune,
             tolerance=args.tolerance,
             calib_size=args.calib_size,
             bn_images=args.bn_images,

@@ -195,13 +195,17 @@ def _fake_result(quality, l1_bn, apib_bn, random_bn):
             runs.append(
                 {"arch": "resnet20", "reduction": 0.5, "seed": seed, "method": method, "flops_before": 8e7}
                 | {"params_before": 3e5, "flops_reduction": 0.5, "params_after": 1e5, "top1_bn": top1}
-                | {"top1_finetuned": top1 + 30 if method != "random" else None}
+                | {
+                    "top1_finetuned": top1 + 30 if method != "random" else None,
+                    "prune_s": 10,
+                    "finetune_s": 10,
+                }
             )
     config = {"archs": ["resnet20"], "dataset": "digits", "reductions": [0.5], "seeds": [0, 1, 2]}
     config |= {"methods": {m: {"criterion": m} for m in ("apib", "l1", "random")}, "finetune": ["apib", "l1"]}
     config |= {"tolerance": 0.03, "calib_size": 128, "bn_images": 512, "finetune_epochs": 1}
     config |= {"finetune_lr": 0.01, "batch_size": 128}
-    bases = {"resnet20": {"source": "trained here, 10 epochs", "top1": 97.5}}
+    bases = {"resnet20": {"source": "trained here, 10 epochs", "top1": 97.5, "train_s": 120.0}}
     return quality.analyse({"config": config, "bases": bases, "runs": runs, "time_s": 60.0})
 
 
@@ -216,6 +220,7 @@ def test_table_from_a_fake_result_set(quality):
     assert counts["l1", "all", "bn"] == {"win": 0, "tie": 1, "loss": 0}
     table = quality.study_markdown(result, {"device": "cpu", "torch": "2", "commit": "abc", "date": "today"})
     assert "| resnet20 | trained here, 10 epochs | 97.50 | 80.00M | 0.300M | 0, 1, 2 |" in table
+    assert "Compute: 3 min of pruning and fine-tuning over the cells, 2 min training" in table
     assert "| apib | 1/0/0 | 0/1/0 | 0/1/0 |" in table  # BN: vs l1, vs random, vs every baseline
     assert "| apib | 1/0/0 | – | 1/0/0 |" in table  # fine-tuned: random has no fine-tuned runs
     assert "| apib | 50.0% | 62.00 ± 9.95 ▲ | 92.00 ± 9.95 ▲ |" in table
