@@ -587,15 +587,16 @@ def _cached_base(cfg: StudyConfig, arch: str) -> bool:
 def paired_test(a: list[float], b: list[float]) -> dict:
     """Two-sided paired t-test of a against b (same seeds, same order; scipy.stats.ttest_rel).
     outcome: "win" (mean a − b > 0 and p < P_THRESHOLD), "loss" (< 0 and p < P_THRESHOLD), else "tie";
-    None with fewer than 2 pairs. Equal differences on every seed give p 0 (or 1 when all are 0)."""
+    None with fewer than 2 pairs. Equal differences on every seed (up to rounding) give p 0, or 1 when
+    they are all 0."""
     if len(a) != len(b):
         raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
     if len(a) < 2:
         return {"n": len(a), "diff": None, "p": None, "outcome": None}
     d = [x - y for x, y in zip(a, b, strict=True)]
     diff = statistics.fmean(d)
-    if max(d) == min(d):
-        p = 1.0 if diff == 0 else 0.0
+    if max(d) - min(d) <= 1e-9 * max(1.0, abs(diff)):  # top-1 moves in steps of 100/n_val; rounding
+        p = 1.0 if abs(diff) <= 1e-9 else 0.0
     else:
         p = float(stats.ttest_rel(a, b).pvalue)
     outcome = "tie" if p >= P_THRESHOLD else ("win" if diff > 0 else "loss")

@@ -84,6 +84,8 @@ def test_paired_t_test_matches_the_closed_form_for_three_pairs(quality):
     equal = quality.paired_test([1.0, 2.0], [1.0, 2.0])
     assert equal == {"n": 2, "diff": 0.0, "p": 1.0, "outcome": "tie"}
     assert quality.paired_test([2.0, 3.0], [1.0, 2.0])["outcome"] == "win"  # +1 on every seed
+    step = quality.paired_test([50.27777777777778, 60.27777777777777], [50.0, 60.0])  # one image in 360
+    assert (step["p"], step["outcome"]) == (0.0, "win")  # the same step on both seeds, up to rounding
     assert quality.paired_test([2.0], [1.0])["outcome"] is None
     with pytest.raises(ValueError, match="equal lengths"):
         quality.paired_test([1.0, 2.0], [1.0])
