@@ -1,7 +1,7 @@
 """Selection quality: does APIB keep better channels than L1, FPGM, HRank, CHIP and random? Two tests.
 
 1. Pruning quality (issue 17's study). Each architecture (--archs; default ResNet-20, ResNet-56 and
-   VGG-16, CIFAR-style) is trained here on the embedded digits (--train-epochs, lr 0.1, seed 0; cached
+   VGG-16, CIFAR-style) is trained here on the embedded digits (--train-epochs, --train-lr, seed 0; cached
    under --work/base so a rerun loads it) or loaded (--ckpt ARCH=PATH), then pruned to every FLOPs
    reduction (--reductions) on every seed by every method: the criteria (--criteria) and named APIB
    variants (--variants NAME=OPTION=VALUE,...: options of `apib.prune`), through the same layers and
@@ -386,7 +386,8 @@ class StudyConfig:
     dataset: str
     data_path: str | None
     ckpts: dict[str, str]
-    train_epochs: int
+    train_epochs: dict[str, int]
+    train_lr: dict[str, float]
     reductions: list[float]
     seeds: list[int]
     methods: dict[str, dict]
@@ -413,9 +414,11 @@ class StudyConfig:
         unknown = [m for m in self.finetune if m not in self.methods]
         if unknown:
             raise ValueError(f"finetune names methods that are not run: {unknown}")
-        for name in ("train_epochs", "finetune_epochs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        missing = [a for a in self.archs if a not in self.train_epochs or a not in self.train_lr]
+        if missing:
+            raise ValueError(f"train_epochs and train_lr need a value for every arch, missing {missing}")
+        if min(self.train_epochs.values()) < 0 or self.finetune_epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.train_epochs} and {self.finetune_epochs}")
         if self.bn_images < 2:
             raise ValueError(
                 f"bn_images must be >= 2 (BatchNorm statistics need a batch), got {self.bn_images}"
@@ -423,15 +426,15 @@ class StudyConfig:
 
 
 def _base_model(cfg: StudyConfig, arch: str, device, train_set, val, log) -> tuple[torch.nn.Module, dict]:
-    """The model every method prunes: --ckpt's weights, or trained here (seed 0, lr 0.1) and cached
-    under work/base, so a rerun loads it."""
+    """The model every method prunes: --ckpt's weights, or trained here (seed 0, the arch's epochs and
+    lr) and cached under work/base, so a rerun loads it."""
     classes = data.num_classes(cfg.dataset)
     if arch in cfg.ckpts:
         model = get_model(arch, classes, pretrained_path=cfg.ckpts[arch]).to(device)
         info = {"source": f"--ckpt {cfg.ckpts[arch]}", "train_epochs": 0, "train_s": 0.0}
         info["top1"] = evaluate(model, val, device)["top1"]
         return model.eval(), info
-    path = os.path.join(cfg.work, "base", f"{arch}_{cfg.dataset}_e{cfg.train_epochs}.pt")
+    path = _base_path(cfg, arch)
     if os.path.exists(path) and os.path.exists(path + ".json"):
         with open(path + ".json") as f:
             info = json.load(f)
@@ -441,14 +444,15 @@ def _base_model(cfg: StudyConfig, arch: str, device, train_set, val, log) -> tup
     model = get_model(arch, classes).to(device)
     t0 = time.perf_counter()
     loader = data.loader(train_set(), cfg.batch_size, train=True, seed=0)
-    train(model, loader, cfg.train_epochs, device=device, progress=False)
-    info = {"source": f"trained here, {cfg.train_epochs} epochs", "train_epochs": cfg.train_epochs}
+    epochs, lr = cfg.train_epochs[arch], cfg.train_lr[arch]
+    train(model, loader, epochs, lr=lr, device=device, progress=False)
+    info = {"source": f"trained here, {epochs} epochs, lr {lr:g}", "train_epochs": epochs, "train_lr": lr}
     info["train_s"] = time.perf_counter() - t0
     info["top1"] = evaluate(model, val, device)["top1"]
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(model.state_dict(), tmp)
     _write_json(info, path + ".json")
-    log(f"base {arch}: top-1 {info['top1']:.2f}% after {cfg.train_epochs} epochs ({info['train_s']:.0f}s)")
+    log(f"base {arch}: top-1 {info['top1']:.2f}% after {epochs} epochs ({info['train_s']:.0f}s)")
     return model.eval(), info
 
 
@@ -579,9 +583,13 @@ def run_study(cfg: StudyConfig, log=print, on_progress=None, report_only: bool =
     return result
 
 
+def _base_path(cfg: StudyConfig, arch: str) -> str:
+    name = f"{arch}_{cfg.dataset}_e{cfg.train_epochs[arch]}_lr{cfg.train_lr[arch]:g}.pt"
+    return os.path.join(cfg.work, "base", name)
+
+
 def _cached_base(cfg: StudyConfig, arch: str) -> bool:
-    path = os.path.join(cfg.work, "base", f"{arch}_{cfg.dataset}_e{cfg.train_epochs}.pt")
-    return arch in cfg.ckpts or os.path.exists(path + ".json")
+    return arch in cfg.ckpts or os.path.exists(_base_path(cfg, arch) + ".json")
 
 
 def paired_test(a: list[float], b: list[float]) -> dict:
@@ -853,6 +861,21 @@ def write_study(result: dict, env: dict, stem: str) -> str:
     return text
 
 
+def _per_arch(parser, flag: str, items: list[str], archs: list[str], kind) -> dict:
+    """['10', 'resnet56=20'] -> {arch: 10 for every arch, but resnet56: 20}."""
+    values = {}
+    try:
+        for item in items:
+            arch, _, value = item.rpartition("=")
+            values.update({a: kind(value) for a in archs} if not arch else {arch: kind(value)})
+    except ValueError:
+        parser.error(f"{flag} takes VALUE or ARCH=VALUE items, got {items}")
+    missing = [a for a in archs if a not in values]
+    if missing:
+        parser.error(f"{flag} has no value for {missing}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tests", nargs="+", choices=TESTS, default=list(TESTS), help="which tests to run")
@@ -862,7 +885,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--data-path", default=None, help="local dataset folder (not for digits)")
     p.add_argument("--ckpt", nargs="+", default=[], metavar="ARCH=PATH", help="trained weights (else: train)")
-    p.add_argument("--train-epochs", type=int, default=10, help="training epochs without --ckpt (lr 0.1)")
+    p.add_argument(
+        "--train-epochs",
+        nargs="+",
+        default=["10", "resnet56=20"],
+        metavar="N|ARCH=N",
+        help="training epochs without --ckpt: N for every arch, ARCH=N for one",
+    )
+    p.add_argument(
+        "--train-lr", nargs="+", default=["0.1", "resnet56=0.05"], metavar="LR|ARCH=LR", help="training lr"
+    )
     p.add_argument("--reductions", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--criteria", nargs="+", default=list(PRUNING_CRITERIA), choices=PRUNING_CRITERIA)
@@ -892,7 +924,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=RESULTS, help="results folder")
     args = p.parse_args(argv)
     if args.quick:
-        args.archs, args.seeds, args.train_epochs, args.planted_seeds = ["resnet20"], [0], 1, [0, 1]
+        args.archs, args.seeds, args.train_epochs, args.planted_seeds = ["resnet20"], [0], ["1"], [0, 1]
         args.finetune_epochs = min(args.finetune_epochs, 1)
     dataset = args.dataset or ("cifar10" if args.data_path else "digits")
     variants = dict(parse_variant(v) for v in args.variants)
@@ -908,7 +940,8 @@ def main(argv: list[str] | None = None) -> None:
             dataset=dataset,
             data_path=args.data_path,
             ckpts=ckpts,
-            train_epochs=args.train_epochs,
+            train_epochs=_per_arch(p, "--train-epochs", args.train_epochs, args.archs, int),
+            train_lr=_per_arch(p, "--train-lr", args.train_lr, args.archs, float),
             reductions=args.reductions,
             seeds=args.seeds,
             methods={**{c: {"criterion": c} for c in args.criteria}, **variants},
