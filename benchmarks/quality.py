@@ -792,6 +792,7 @@ def study_plot(result: dict, path: str) -> None:
         len(STAGES), max(1, len(archs)), figsize=(4.2 * max(1, len(archs)) + 2, 7), squeeze=False
     )
     by_key = {(s["arch"], s["reduction"], s["method"]): s for s in result["summary"]}
+    colors = plt.get_cmap("tab20")  # one colour per method in every panel
     for col, arch in enumerate(archs):
         for row, stage in enumerate(STAGES):
             ax = axes[row][col]
@@ -806,6 +807,7 @@ def study_plot(result: dict, path: str) -> None:
                         marker="o" if m in CRITERIA else "s",
                         linestyle="-" if m in CRITERIA else "--",
                         capsize=2,
+                        color=colors(i),
                         label=m,
                     )
             ax.axhline(result["bases"][arch]["top1"], color="k", linestyle=":", linewidth=1)
