@@ -703,13 +703,18 @@ def study_markdown(result: dict, env: dict) -> str:
         f"fine-tuning over the cells, {sum(b['train_s'] for b in result['bases'].values()) / 60:.0f} min "
         "training the base models.",
         "",
-        "| architecture | base model | top-1 (%) | FLOPs | params | seeds run |",
+        "| architecture | base model | top-1 (%) | FLOPs | params | seeds run (complete; partial) |",
         "|---|---|---:|---:|---:|---|",
     ]
     for arch, base in result["bases"].items():
         run = [r for r in result["runs"] if r["arch"] == arch]
-        seeds = sorted(seeds_by_arch.get(arch, ()))
+        # A seed is complete when it has every reduction of every method run on this architecture.
+        cells = len(cfg["reductions"]) * len({r["method"] for r in run})
+        count = {s: sum(r["seed"] == s for r in run) for s in sorted(seeds_by_arch.get(arch, ()))}
+        seeds = [s for s, n in count.items() if n == cells]
+        partial = [f"{s} ({n} of {cells} cells)" for s, n in count.items() if n < cells]
         short = "" if len(seeds) >= len(cfg["seeds"]) else f" (fewer than the {len(cfg['seeds'])} asked)"
+        short += f"; partial: {', '.join(partial)}" if partial else ""
         lines.append(
             f"| {arch} | {base['source']} | {base['top1']:.2f} | "
             + (

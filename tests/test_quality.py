@@ -228,6 +228,11 @@ def test_table_from_a_fake_result_set(quality):
     assert "| apib | 1/0/0 | – | 1/0/0 |" in table  # fine-tuned: random has no fine-tuned runs
     assert "| apib | 50.0% | 62.00 ± 9.95 ▲ | 92.00 ± 9.95 ▲ |" in table
     assert "| random | 50.0% | 62.00 ± 11.00 | – |" in table
+    result["runs"] = [r for r in result["runs"] if (r["seed"], r["method"]) != (2, "random")]
+    partial = quality.study_markdown(
+        quality.analyse(result), {"device": "cpu", "torch": "2", "commit": "abc", "date": "-"}
+    )
+    assert "| 0, 1 (fewer than the 3 asked); partial: 2 (2 of 3 cells) |" in partial
     loses = _fake_result(quality, [50.0, 60.0, 70.0], [48.0, 57.9, 68.1], [40.0, 50.0, 60.0])
     assert quality.tally(loses["comparisons"])["apib", "all", "bn"] == {"win": 0, "tie": 0, "loss": 1}
 
