@@ -43,9 +43,21 @@ PRESETS = {
         "kernel": "laplace",
         "positive": True,
     },
+    "uniform": {
+        "allocation": "uniform",
+        "penalty_scale": "global",
+        "bandwidth": "paper",
+        "normalize": False,
+        "target": "output",
+        "kernel": "laplace",
+        "positive": True,
+    },
 }
 """Named configurations: preset name -> option values (see the module docstring). A preset's
-"allocation" applies to criterion "apib" only; a baseline criterion keeps its own ("uniform")."""
+"allocation" applies to criterion "apib" only; a baseline criterion keeps its own ("uniform").
+"uniform" is the paper's channel ranking with one pruning ratio for every layer instead of the global
+penalty's widths: on the quality study (benchmarks/quality.py, digits) it loses fewest settings to the
+baselines (see the README's "Choosing a configuration")."""
 
 DEFAULT_PRESET = "paper"
 """The preset of options left unset when no preset is named."""

@@ -86,6 +86,15 @@ def test_preset_paper_is_the_default_selection_and_explicit_options_override_it(
     assert _kept(layered) != _kept(default)
 
 
+def test_preset_uniform_is_the_lassos_ranking_with_one_ratio():
+    model, batches = _resnet20(), _batches()
+    named = prune(model, batches, flops_reduction=0.5, preset="uniform", progress=False)
+    spelled = prune(model, batches, flops_reduction=0.5, preset="paper", allocation="uniform", progress=False)
+    assert _kept(named) == _kept(spelled) and named.alpha is None
+    assert {d.rule for d in named.layers} == {"uniform"} and named.options["preset"] == "uniform"
+    assert _kept(named) != _kept(prune(model, batches, flops_reduction=0.5, progress=False))
+
+
 def test_every_preset_sets_only_options_that_exist():
     names = {f.name for f in fields(PruneOptions)}
     for preset, values in PRESETS.items():
