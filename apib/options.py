@@ -43,16 +43,8 @@ PRESETS = {
         "kernel": "laplace",
         "positive": True,
     },
-    "uniform": {
-        "allocation": "uniform",
-        "penalty_scale": "global",
-        "bandwidth": "paper",
-        "normalize": False,
-        "target": "output",
-        "kernel": "laplace",
-        "positive": True,
-    },
 }
+PRESETS["uniform"] = {**PRESETS["paper"], "allocation": "uniform"}
 """Named configurations: preset name -> option values (see the module docstring). A preset's
 "allocation" applies to criterion "apib" only; a baseline criterion keeps its own ("uniform").
 "uniform" is the paper's channel ranking with one pruning ratio for every layer instead of the global
