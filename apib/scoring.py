@@ -110,20 +110,16 @@ def _mean_of_scaled(scores: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(scaled).nanmean(0).nan_to_num(0.0)
 
 
-def group_problem(pairs, opts: PruneOptions) -> HSICLassoProblem:
-    """The HSIC Lasso of one group from its consumers' (X (n, units, ...), Y) pairs: one consumer's
-    statistics, or the mean of several consumers' Q and b (the stacked designs, see the module's
-    docstring), with units constant over the calibration images zeroed as `HSICLassoProblem` does."""
+def group_statistics(pairs, opts: PruneOptions) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The HSIC Lasso statistics (Q, b, n_rows) of one group from its consumers' (X (n, units, ...), Y)
+    pairs: the mean of the consumers' Q and b (one consumer's own; the stacked designs, see the module's
+    docstring), each with its units constant over these images zeroed (`GramStatistics.lasso_statistics`)."""
     kw = dict(kernel=opts.kernel, backend=opts.backend, normalize=opts.normalize)
-    if len(pairs) == 1:
-        x, y = pairs[0]
-        return HSICLassoProblem.from_data(x, y, positive=opts.positive, **kw)
     q = b = None
     for x, y in pairs:
-        qi, bi, _ = GramStatistics(**kw).add(Samples.check(x, y)).lasso_statistics()
+        qi, bi, n_rows = GramStatistics(**kw).add(Samples.check(x, y)).lasso_statistics()
         q, b = (qi, bi) if q is None else (q + qi, b + bi)
-    n = pairs[0][0].shape[0]
-    return HSICLassoProblem(q / len(pairs), b / len(pairs), n * n, positive=opts.positive)
+    return q / len(pairs), b / len(pairs), n_rows
 
 
 def _scaled(x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -165,7 +161,7 @@ def _hsic_problems(model, loader, groups, opts, device, progress, timings) -> li
                 )
                 for j, m in enumerate(g.readers)
             ]
-            stats.append(group_problem(pairs, opts).statistics())
+            stats.append(group_statistics(pairs, opts))
         return stats
 
     stream = StreamingStatistics(names, opts.block_size, reduce, labels=opts.target == "labels")
