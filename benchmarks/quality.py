@@ -24,9 +24,10 @@
    slightly perturbed: redundancy), and correlated channels (one input map shared by all). Each
    criterion keeps k channels; a signal channel and its duplicates form one group, so recall = signal
    groups hit / k and precision = kept channels that belong to any signal group / k (precision − recall
-   = redundant picks / k). APIB is `hsic_lasso(x, y, n_select=k)` with the pipeline's defaults; each
-   variant with another one-layer configuration (bandwidth, normalisation, kernel) gets its own row;
-   the diagnostic row "apib-std" runs APIB on maps divided by each channel's standard deviation.
+   = redundant picks / k). APIB is `hsic_lasso(x, y, n_select=k)` with the default preset's one-layer
+   options; each variant with another one-layer configuration (sign constraint, bandwidth,
+   normalisation, kernel) gets its own row; the diagnostic row "apib-std" runs APIB on maps divided by
+   each channel's standard deviation.
 
     python benchmarks/quality.py            # the whole study on digits (hours on 2 CPU cores) and both tests
     python benchmarks/quality.py --quick    # resnet20, seed 0, 1 training and fine-tuning epoch
@@ -47,7 +48,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,7 @@ from apib import data
 from apib.criteria import CRITERIA, keep_indices
 from apib.io import atomic_path
 from apib.models import get_model, model_names
-from apib.options import PruneOptions
+from apib.options import PRESETS, PruneOptions
 from apib.pruning import prune
 from apib.train import evaluate, recalibrate_bn, train
 from apib_kernels import hsic_lasso
@@ -205,10 +206,10 @@ def planted_keep(problem: Planted, criterion: str, seed: int) -> torch.Tensor:
     """(k,) int64: the channels `criterion` keeps on `problem` (see PLANTED_CRITERIA)."""
     x, k = problem.maps, problem.k
     if criterion == "apib":
-        return hsic_lasso(x, problem.output, n_select=k).selected
+        return planted_apib(problem, {"criterion": "apib"})
     if criterion == "apib-std":
         scale = x.transpose(0, 1).flatten(1).std(1).clamp_min(1e-12)
-        return hsic_lasso(x / scale.view(1, -1, 1, 1), problem.output, n_select=k).selected
+        return planted_apib(replace(problem, maps=x / scale.view(1, -1, 1, 1)), {"criterion": "apib"})
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {PLANTED_CRITERIA}, got {criterion!r}")
     spec = CRITERIA[criterion]
@@ -330,17 +331,20 @@ def planted_markdown(result: dict, env: dict) -> str:
 
 
 DEFAULT_VARIANTS = (
-    "apib-uniform=allocation=uniform",
-    "apib-threshold=allocation=threshold",
-    "apib-layer=penalty_scale=layer",
-    "apib-median=bandwidth=median",
-    "apib-normalize=normalize=true",
-    "apib-labels=target=labels",
+    "apib-paper=preset=paper",
+    "apib-uniform=preset=uniform",
+    "apib-threshold=preset=paper,allocation=threshold",
+    "apib-layer=preset=paper,penalty_scale=layer",
+    "apib-median=preset=paper,bandwidth=median",
+    "apib-normalize=preset=paper,normalize=true",
+    "apib-labels=preset=paper,target=labels",
 )
-"""Named APIB configurations, NAME=OPTION=VALUE[,OPTION=VALUE...] (options of `apib.prune`)."""
-FINETUNED_VARIANTS = ("apib-uniform", "apib-layer")
-"""The variants fine-tuned by default beside the criteria (the best two after BN re-estimation on
-ResNet-20 when the study was planned)."""
+"""Named APIB configurations, NAME=OPTION=VALUE[,OPTION=VALUE...] (options of `apib.prune`): the
+paper's, and the paper's with one change each ("apib" is the default preset)."""
+FINETUNED_VARIANTS = ("apib-paper", "apib-uniform", "apib-layer")
+"""The variants fine-tuned by default beside the criteria."""
+METHOD_OPTIONS = tuple(PRESETS["paper"])
+"""The options a preset sets: a cell records their values in force (see `method_options`)."""
 STAGES = ("bn", "finetuned")
 STAGE_NAMES = {"bn": "BN re-estimated", "finetuned": "fine-tuned"}
 P_THRESHOLD = 0.05
@@ -456,6 +460,14 @@ def _base_model(cfg: StudyConfig, arch: str, device, train_set, val, log) -> tup
     return model.eval(), info
 
 
+def method_options(options: dict) -> dict:
+    """A method's `apib.prune` options with every option a preset sets at its value in force, and no
+    preset name: what a cell's selection depends on, whichever preset is the default when it runs."""
+    resolved = PruneOptions(**options)
+    fixed = {k: v for k, v in options.items() if k != "preset"}
+    return {**fixed, **{k: getattr(resolved, k) for k in METHOD_OPTIONS}}
+
+
 def cell_settings(cfg: StudyConfig, arch: str, base: dict, reduction: float, seed: int, method: str) -> dict:
     """Everything a cell's numbers depend on; a cached cell is reused only when its settings are equal."""
     return {
@@ -465,7 +477,7 @@ def cell_settings(cfg: StudyConfig, arch: str, base: dict, reduction: float, see
         "reduction": reduction,
         "seed": seed,
         "method": method,
-        "options": cfg.methods[method],
+        "options": method_options(cfg.methods[method]),
         "tolerance": cfg.tolerance,
         "calib_size": cfg.calib_size,
         "bn_images": cfg.bn_images,

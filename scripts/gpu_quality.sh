@@ -24,13 +24,15 @@ export MAX_JOBS=4 APIB_BUILD_CUDA=1 APIB_EXPECT_EXT=1
 unset TRITON_INTERPRET
 say() { echo "[$(date -u +%T)] $*" | tee -a "$LOG"; }
 
-# Every method is fine-tuned but normalize and labels, which lost clearly after BN re-estimation.
+# "apib" is the default preset; the variants are the paper's configuration and the paper's with one or two
+# changes. Every method is fine-tuned but normalize and labels, which lost clearly after BN re-estimation.
 ARGS=(--tests pruning --work "$WORK" --device "$DEVICE" --finetune-epochs "${FINETUNE_EPOCHS:-3}"
-  --variants apib-uniform=allocation=uniform apib-threshold=allocation=threshold
-  apib-layer=penalty_scale=layer apib-median=bandwidth=median apib-normalize=normalize=true
-  apib-labels=target=labels apib-uniform-median=allocation=uniform,bandwidth=median
-  apib-layer-median=penalty_scale=layer,bandwidth=median
-  --finetune apib l1 fpgm hrank chip random apib-uniform apib-threshold apib-layer apib-median
+  --variants apib-paper=preset=paper apib-uniform=preset=uniform
+  apib-threshold=preset=paper,allocation=threshold apib-layer=preset=paper,penalty_scale=layer
+  apib-median=preset=paper,bandwidth=median apib-normalize=preset=paper,normalize=true
+  apib-labels=preset=paper,target=labels apib-uniform-median=preset=uniform,bandwidth=median
+  apib-layer-median=preset=paper,penalty_scale=layer,bandwidth=median
+  --finetune apib l1 fpgm hrank chip random apib-paper apib-uniform apib-threshold apib-layer apib-median
   apib-uniform-median apib-layer-median)
 
 if compgen -G ".whl/*.whl" >/dev/null; then
