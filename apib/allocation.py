@@ -115,16 +115,19 @@ def _lasso_ranked(layers, groups, flops, goal, opts) -> list[LayerChoice]:
     layer's first omega and cuts the ranking of `_beyond_the_lasso` over all layers' other channels
     (penalties of path entry divided by the layers' penalty scales, then normalised relevances)."""
     scales = penalty_scales([s.problem for s in layers], opts.penalty_scale)
-    rankings = [lasso_ranking(s.problem, opts.positive, c) for s, c in zip(layers, scales, strict=True)]
-    if opts.allocation == "uniform":
+    if opts.allocation == "uniform":  # each layer's first k only: its path can stop once k have entered
         counts = _uniform_ratio(groups, flops, opts.omega, goal, opts.tolerance)
-    else:
-        counts = [min(opts.omega, g.channels) for g in groups]
+        return [
+            LayerChoice(
+                _sorted(lasso_ranking(s.problem, opts.positive, c, first=k).order[:k]), rule="uniform"
+            )
+            for s, c, k in zip(layers, scales, counts, strict=True)
+        ]
+    rankings = [lasso_ranking(s.problem, opts.positive, c) for s, c in zip(layers, scales, strict=True)]
+    counts = [min(opts.omega, g.channels) for g in groups]
     choices = [
         LayerChoice(_sorted(r.order[:k]), rule=opts.allocation) for r, k in zip(rankings, counts, strict=True)
     ]
-    if opts.allocation == "uniform":
-        return choices
     return _beyond_the_lasso(rankings, choices, flops, goal, opts, rule="threshold")
 
 
@@ -146,14 +149,17 @@ class LassoRanking:
     key: torch.Tensor
 
 
-def lasso_ranking(problem: HSICLassoProblem, positive: bool, scale: float = 1.0) -> LassoRanking:
+def lasso_ranking(
+    problem: HSICLassoProblem, positive: bool, scale: float = 1.0, first: int | None = None
+) -> LassoRanking:
     """The Lasso's own ranking of a layer's channels, in two tiers:
     1. channels that enter the layer's exact regularization path (`lasso_knots`, down to a zero
        penalty), by the penalty at which they first enter (`path_entry`) divided by `scale` (the
        layer's penalty scale, `penalty_scales`): the order in which a falling penalty selects them;
     2. channels that never enter it, by their HSIC with Y (b_k) normalised by the layer's mean.
-    Ties keep the lower index first."""
-    entry = path_entry(problem, positive) / scale
+    Ties keep the lower index first. With `first`, only the ranking's first `first` channels are
+    exact: the path stops once that many are non-zero (see `path_entry`)."""
+    entry = path_entry(problem, positive, first) / scale
     relevance = _normalised(problem.hsic)
     on_path = torch.isfinite(entry)
     order = torch.cat(
@@ -201,11 +207,13 @@ def _beyond_the_lasso(
     return out
 
 
-def path_entry(problem: HSICLassoProblem, positive: bool) -> torch.Tensor:
+def path_entry(problem: HSICLassoProblem, positive: bool, first: int | None = None) -> torch.Tensor:
     """(C,) float64: for each channel the largest penalty at which it is non-zero on the layer's exact
-    regularization path (down to a zero penalty), -inf for channels that never enter it."""
+    regularization path (down to a zero penalty), -inf for channels that never enter it. With `first`,
+    the path stops at the first segment with that many non-zeros: the channels entered by then, at
+    least `first`, are exactly those that enter before the others, and the others read -inf."""
     q, b, n_rows = problem.statistics()
-    alphas, coefs, _ = lasso_knots(q, b, n_rows, positive=positive)
+    alphas, coefs, _ = lasso_knots(q, b, n_rows, positive=positive, n_nonzero=first)
     nonzero = (coefs != 0).cpu()
     entered = nonzero.any(0)
     # coefs[k] is the solution at knot k: a channel first non-zero at knot k joined at knot k - 1

@@ -44,7 +44,7 @@ from apib.checkpoint import from_checkpoint, save_pruned
 from apib.criteria import CRITERIA
 from apib.io import load_checkpoint
 from apib.models import get_model, model_names
-from apib.options import ALLOCATIONS, BANDWIDTHS, PENALTY_SCALES, PRESETS, TARGETS
+from apib.options import ALLOCATIONS, BANDWIDTHS, DEFAULT_PRESET, PENALTY_SCALES, PRESETS, TARGETS
 from apib.output import OutputFolder
 from apib.pruning import prune
 from apib.streaming import distributed, is_main_process
@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         choices=ALLOCATIONS,
         help="how many channels each layer keeps: penalty (APIB's global search; apib only), uniform (one "
-        "ratio), threshold (one global threshold); default: penalty for apib, uniform otherwise",
+        "ratio), threshold (one global threshold); default: the preset's for apib, uniform otherwise",
     )
     p.add_argument(
         "--alpha",
@@ -133,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
         "--preset",
         default=None,
         choices=sorted(PRESETS),
-        help="a named configuration of APIB's options below, each overridden when given (default: paper)",
+        help="a named configuration of APIB's options below, each overridden when given "
+        f"(default: {DEFAULT_PRESET})",
     )
     p.add_argument(
         "--kernel",
@@ -147,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         const=False,
         default=None,
         dest="positive",
-        help="allow negative coefficients (reference code)",
+        help="allow negative coefficients (reference code; the default preset's ranking)",
     )
     p.add_argument(
         "--target",

@@ -171,7 +171,8 @@ def prune(
     allocation: how many channels each layer keeps (`apib.allocation`): 'penalty' — APIB's one global
         Lasso penalty, each layer keeping what its Lasso selects (criterion 'apib' only) —, 'uniform' —
         one pruning ratio for every layer, as the baselines' papers do —, or 'threshold' — one global
-        threshold on scores normalised per layer. Default: 'penalty' for 'apib', 'uniform' otherwise.
+        threshold on scores normalised per layer. Default: the preset's for 'apib' ('uniform' under the
+        default preset, 'penalty' under 'paper'), 'uniform' otherwise.
         With 'apib' and a ratio or threshold, a layer's channels rank in the Lasso's own order: by
         the penalty at which they enter its exact regularization path, then by HSIC with Y (b_k).
     alpha0: the first penalty of the APIB search (scikit-learn Lasso's scale, as the reference's
@@ -180,9 +181,10 @@ def prune(
     omega: the fewest channels any layer keeps (the reference's per-layer rule).
     tolerance: relative FLOPs tolerance around the target.
     The next options are APIB's method (no effect on a baseline criterion); left None, each takes
-    the value of `preset` (see `apib.options.PRESETS`; "paper", the paper's configuration, by default):
+    the value of `preset` (see `apib.options.PRESETS`; `DEFAULT_PRESET`, "uniform-signed", by default):
     kernel: the Gram kernel for inputs and outputs ('laplace', the reference's, or 'gaussian', ...).
-    positive: the paper's non-negative Lasso; False reproduces the reference code.
+    positive: True, the paper's non-negative Lasso; False, the signed one (the reference code's, and
+        the default preset's ranking).
     target: the output representation Y of each layer: 'output' (its output maps, flattened) or
         'labels' (the calibration images' class labels, delta kernel).
     penalty_scale: 'global' — every layer's Lasso at the one searched penalty (the paper) — or

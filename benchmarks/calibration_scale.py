@@ -1,6 +1,7 @@
 """Calibration at scale: APIB's decision on ResNet-50 as the calibration set grows, in bounded memory.
 
-For each n in --images (default 64 → 2048, doubling), one `apib.prune` call (block-streamed statistics,
+For each n in --images (default 64 → 2048, doubling), one `apib.prune(..., preset="paper")` call (the
+paper's global search; block-streamed statistics,
 --block-size images per block) on seeded random normal images, each in a fresh subprocess so that its
 peak resident memory (VmHWM) is its own. Reported per n: peak memory beyond the loaded model and images
 (the RSS after the warm-up forward pass), seconds per phase, calibration images per second, and the
@@ -57,6 +58,7 @@ def one_run(n: int, args, rank: int = 0, world: int = 1) -> dict:
         flops_reduction=args.flops_reduction,
         calib_size=share,
         block_size=args.block_size,
+        preset="paper",
         progress=False,
     )
     wall = time.perf_counter() - start

@@ -1,8 +1,9 @@
 """Which models APIB prunes: the torchvision classification zoo and a timm selection, each pruned by
-the default call `apib.prune(model, calib, flops_reduction=r)` and by L1 (its papers' one ratio for
-every layer) to 30% and 50% of its FLOPs, as a new user would try it: random weights (the libraries'
-own initialisation), 10 classes, 32 random images of 64×64 (224×224 where a model accepts no other
-size), the default tolerance (1%).
+`apib.prune(model, calib, flops_reduction=r, preset="paper")` (the paper's global penalty search) and
+by L1 (its papers' one ratio for every layer, the widths the default preset allots, so L1's column is
+where the default lands) to 30% and 50% of its FLOPs, as a new user would try it: random weights
+(the libraries' own initialisation), 10 classes, 32 random images of 64×64 (224×224 where a model
+accepts no other size), the default tolerance (1%).
 
 One row per model: its prunable groups (the default policy), the largest reachable reduction (every
 group at omega = 1), the reduction each run reached (marked when outside the tolerance), the time of
@@ -163,7 +164,9 @@ def run_one(name: str, emit=lambda row: None) -> dict:
         for target in TARGETS:
             t1 = time.perf_counter()
             try:
-                r = prune(model, calib, flops_reduction=target, criterion=criterion, progress=False)
+                r = prune(
+                    model, calib, flops_reduction=target, criterion=criterion, preset="paper", progress=False
+                )
                 run = {
                     "reached": r.flops_reduction,
                     "within": abs(r.flops_after - r.flops_target) <= 0.01 * r.flops_target,
@@ -229,14 +232,15 @@ def markdown(rows: list[dict], env: dict, args) -> str:
     reached = {k: sum(1 for r in rows if r.get("runs", {}).get(k, {}).get("within")) for k in runs}
     tried = [r for r in rows if "skipped" not in r]
     lines = [
-        "# Model zoo: what the default call prunes",
+        "# Model zoo: what APIB prunes",
         "",
         f"{env['device']} (torch device cpu); torch {env['torch']}, python {env['python']}; commit "
         f"{', '.join(sorted({r.get('commit', env['commit']) for r in rows}))}; {env['date']}.",
         "",
         f"Random weights, 10 classes, {IMAGES} random images of {SIZE}² (224² for fixed-size models), "
-        "tolerance 1%. `apib`: `apib.prune(model, calib, flops_reduction=r)`; `l1`: `criterion='l1'` (one "
-        "pruning ratio for every layer). A cell is the reduction reached, `(off)` outside the tolerance. "
+        "tolerance 1%. `apib`: `apib.prune(model, calib, flops_reduction=r, preset='paper')`; `l1`: "
+        "`criterion='l1'` (one pruning ratio for every layer, the widths of the default preset). A cell is "
+        "the reduction reached, `(off)` outside the tolerance. "
         "groups: prunable groups of the default policy (residual streams need `prune_residual=True`); "
         "max: the largest reachable reduction (every group at one channel); time: the model's whole row.",
         "",

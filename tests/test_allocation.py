@@ -1,4 +1,5 @@
-"""Allocation beyond the paper's rule: targets the least-penalised HSIC Lasso cannot reach."""
+"""Allocation beyond the paper's rule (preset "paper"): targets the least-penalised HSIC Lasso cannot
+reach."""
 
 import torch
 import torchvision
@@ -23,7 +24,7 @@ def _resnet18():
 
 def test_a_target_beyond_the_least_penalised_lasso_is_reached():
     # 32 images: the non-negative Lasso keeps far fewer channels than a 10% reduction needs
-    r = prune(_resnet18(), _batches(), flops_reduction=0.1, tolerance=0.02, progress=False)
+    r = prune(_resnet18(), _batches(), flops_reduction=0.1, tolerance=0.02, preset="paper", progress=False)
     assert abs(r.flops_after - r.flops_target) <= 0.02 * r.flops_target
     assert {d.rule for d in r.layers} <= {"lasso", "path", "relevance"} and any(
         d.rule != "lasso" for d in r.layers
@@ -33,13 +34,13 @@ def test_a_target_beyond_the_least_penalised_lasso_is_reached():
 
 
 def test_where_the_lasso_reaches_the_target_its_rule_alone_chooses():
-    r = prune(_resnet18(), _batches(), flops_reduction=0.3, tolerance=0.02, progress=False)
+    r = prune(_resnet18(), _batches(), flops_reduction=0.3, tolerance=0.02, preset="paper", progress=False)
     assert all(d.rule == "lasso" for d in r.layers)
 
 
 def test_beyond_the_lasso_keeps_the_least_penalised_selection_and_adds_by_path_entry():
     model, batches = _resnet18(), _batches()
-    r = prune(model, batches, flops_reduction=0.1, tolerance=0.02, progress=False)
+    r = prune(model, batches, flops_reduction=0.1, tolerance=0.02, preset="paper", progress=False)
     d = next(d for d in r.layers if d.rule != "lasso" and d.n_kept < d.channels)
     seen = []
     hook = model.get_submodule(d.consumer).register_forward_hook(lambda _m, a, o: seen.append((a[0], o)))

@@ -171,7 +171,7 @@ def test_prune_meets_the_target_and_builds_a_smaller_model():
 def test_search_warns_about_non_convergence_once(one_sweep_solves, caplog):
     # Every solve stopped after one plain CD sweep: hundreds of unconverged solves in the search.
     with caplog.at_level(logging.WARNING, logger="apib_kernels"):
-        prune(_resnet18(), _batches(), flops_reduction=0.5, tolerance=0.05, progress=False)
+        prune(_resnet18(), _batches(), flops_reduction=0.5, tolerance=0.05, preset="paper", progress=False)
     warnings = [r for r in caplog.records if "did not converge" in r.getMessage()]
     assert len(one_sweep_solves) > 20
     assert len(warnings) == 1, f"{len(warnings)} convergence warnings for one prune() call"
@@ -199,7 +199,9 @@ def _captured(model, batches, groups):
 def test_kept_channels_are_hsic_lasso_at_the_found_alpha(positive):
     model = _resnet18()
     batches = _batches()
-    r = prune(model, batches, flops_reduction=0.4, tolerance=0.05, positive=positive, progress=False)
+    r = prune(
+        model, batches, flops_reduction=0.4, tolerance=0.05, preset="paper", positive=positive, progress=False
+    )
     acts = _captured(model, batches, _groups(model))
     for d in r.layers:
         x, y = acts[d.consumer]
@@ -225,7 +227,9 @@ def test_labels_target_is_hsic_lasso_against_the_labels():
     model = _resnet18()
     batches = _batches()
     # ten classes: the non-negative Lasso keeps few channels of a random network, so prune deep
-    r = prune(model, batches, flops_reduction=0.8, tolerance=0.03, target="labels", progress=False)
+    r = prune(
+        model, batches, flops_reduction=0.8, tolerance=0.03, target="labels", preset="paper", progress=False
+    )
     labels = torch.cat([y for _, y in batches])
     acts = _captured(model, batches, _groups(model))
     for d in r.layers:
@@ -318,13 +322,14 @@ def test_hsic_scores_with_one_uniform_ratio_keep_each_layers_first_channels_in_t
     from apib.allocation import lasso_ranking
 
     model, batches = _resnet18(), _batches()
-    r = prune(model, batches, flops_reduction=0.5, tolerance=0.05, allocation="uniform", progress=False)
+    kw = dict(flops_reduction=0.5, tolerance=0.05, preset="paper", progress=False)
+    r = prune(model, batches, allocation="uniform", **kw)
     assert r.criterion == "apib" and r.allocation == "uniform" and r.alpha is None
     assert abs(r.flops_after - r.flops_target) <= 0.05 * r.flops_target
     ratios = [d.n_kept / d.channels for d in r.layers]
     assert max(ratios) - min(ratios) <= 1 / 64 + 1e-9
-    default = prune(model, batches, flops_reduction=0.5, tolerance=0.05, progress=False)
-    assert default.allocation == "penalty" and [d.kept for d in default.layers] != [d.kept for d in r.layers]
+    paper = prune(model, batches, **kw)
+    assert paper.allocation == "penalty" and [d.kept for d in paper.layers] != [d.kept for d in r.layers]
     # the kept channels come first in the layer's Lasso order (path entry, then HSIC with the output)
     x, out = _layer_io(model, batches, r.layers[0].consumer)
     order = lasso_ranking(ak.HSICLassoProblem.from_data(x, out.flatten(1)), True).order
@@ -377,7 +382,8 @@ def test_options_are_one_frozen_record():
     from apib.options import PruneOptions
 
     opts = PruneOptions(criterion="fpgm")
-    assert opts.allocation == "uniform" and PruneOptions().allocation == "penalty"
+    assert opts.allocation == "uniform" and PruneOptions(preset="paper").allocation == "penalty"
+    assert PruneOptions().allocation == "uniform" and PruneOptions().positive is False
     with pytest.raises(FrozenInstanceError):
         opts.omega = 3
 
@@ -392,11 +398,12 @@ def test_faithful_and_fast_hrank_choose_the_same_channels():
 def test_mobilenet_prunes_end_to_end_and_keeps_its_residual_streams():
     model = torchvision.models.mobilenet_v2(num_classes=10).eval()
     # 8 images: the Lasso keeps at most ~28 channels per layer, so 30% is reached beyond its rule
-    few = prune(model, _batches(1, 8, size=64), flops_reduction=0.3, tolerance=0.05, progress=False)
+    kw = dict(tolerance=0.05, preset="paper", progress=False)
+    few = prune(model, _batches(1, 8, size=64), flops_reduction=0.3, **kw)
     assert abs(few.flops_after - few.flops_target) <= 0.05 * few.flops_target
     assert any(d.rule in ("path", "relevance") for d in few.layers)
     # random weights: the non-negative Lasso keeps few of the wide expansion channels, so prune deep
-    r = prune(model, _batches(2, 32, size=64), flops_reduction=0.7, tolerance=0.05, progress=False)
+    r = prune(model, _batches(2, 32, size=64), flops_reduction=0.7, **kw)
     assert abs(r.flops_after - r.flops_target) <= 0.05 * r.flops_target
 
     def widths(m):  # dense convs only: depthwise ones follow their producer's group

@@ -10,7 +10,7 @@ import apib_kernels as ak
 from apib.allocation import lasso_ranking, penalty_scales
 from apib.groups import dependency_graph, find_groups
 from apib.models import get_model
-from apib.options import PRESETS, PruneOptions
+from apib.options import DEFAULT_PRESET, PRESETS, PruneOptions
 from apib.pruning import prune
 from apib.scoring import score
 from apib_kernels.kernels import median_scales
@@ -66,24 +66,28 @@ def _kept(result):
 
 
 @pytest.mark.parametrize("target", ["output", "labels"])
-def test_preset_paper_is_the_default_selection_and_explicit_options_override_it(target):
+def test_no_preset_is_the_default_preset_and_explicit_options_override_a_preset(target):
     model, batches = _resnet20(), _batches()
-    for reduction in (0.1, 0.5):  # beyond the Lasso's reach, and within it
+    assert DEFAULT_PRESET == "uniform-signed"
+    for reduction in (0.1, 0.5):
         default = prune(model, batches, flops_reduction=reduction, target=target, progress=False)
+        named = prune(
+            model, batches, flops_reduction=reduction, target=target, preset=DEFAULT_PRESET, progress=False
+        )
+        assert _kept(named) == _kept(default) and named.options == default.options
         paper = prune(
             model, batches, flops_reduction=reduction, target=target, preset="paper", progress=False
         )
-        assert _kept(paper) == _kept(default) and paper.alpha == default.alpha
-        assert paper.options == default.options
         assert {k: paper.options[k] for k in PRESETS["paper"] if k != "target"} == {
             k: v for k, v in PRESETS["paper"].items() if k != "target"
         }
-        assert paper.to_dict()["options"]["preset"] == "paper"
+        assert paper.to_dict()["options"]["preset"] == "paper" and paper.alpha is not None
+        assert _kept(paper) != _kept(default)
     layered = prune(
         model, batches, flops_reduction=0.5, preset="paper", penalty_scale="layer", progress=False
     )
     assert layered.options["penalty_scale"] == "layer" and layered.options["preset"] == "paper"
-    assert _kept(layered) != _kept(default)
+    assert _kept(layered) != _kept(paper)
 
 
 def test_preset_uniform_is_the_lassos_ranking_with_one_ratio():
@@ -92,7 +96,27 @@ def test_preset_uniform_is_the_lassos_ranking_with_one_ratio():
     spelled = prune(model, batches, flops_reduction=0.5, preset="paper", allocation="uniform", progress=False)
     assert _kept(named) == _kept(spelled) and named.alpha is None
     assert {d.rule for d in named.layers} == {"uniform"} and named.options["preset"] == "uniform"
-    assert _kept(named) != _kept(prune(model, batches, flops_reduction=0.5, progress=False))
+    assert _kept(named) != _kept(prune(model, batches, flops_reduction=0.5, preset="paper", progress=False))
+
+
+def test_preset_uniform_signed_ranks_by_the_signed_lassos_path():
+    torch.manual_seed(0)  # VGG-16's wide layers: the non-negative path leaves channels out
+    model, batches = get_model("vgg16", num_classes=10).eval(), _batches()
+    named = prune(model, batches, flops_reduction=0.5, preset="uniform-signed", progress=False)
+    spelled = prune(model, batches, flops_reduction=0.5, preset="uniform", positive=False, progress=False)
+    assert _kept(named) == _kept(spelled) and named.alpha is None
+    assert named.options["positive"] is False and named.options["allocation"] == "uniform"
+    assert named.options["preset"] == "uniform-signed"
+    # each layer keeps the first channels of its signed ranking, which differs from the non-negative one
+    captured = _captured(model, batches, [d.consumer for d in named.layers])
+    differ = 0
+    for d in named.layers:
+        x, out = captured[d.consumer]
+        problem = ak.HSICLassoProblem.from_data(x, out.flatten(1))
+        signed, nonneg = (lasso_ranking(problem, positive).order[: d.n_kept] for positive in (False, True))
+        assert sorted(signed.tolist()) == list(d.kept)
+        differ += sorted(nonneg.tolist()) != list(d.kept)
+    assert differ > 0
 
 
 def test_every_preset_sets_only_options_that_exist():
@@ -106,7 +130,7 @@ def test_every_preset_sets_only_options_that_exist():
 def test_a_baseline_keeps_its_own_allocation_under_a_preset():
     assert PruneOptions(criterion="l1", preset="paper").allocation == "uniform"
     assert PruneOptions(criterion="l1", allocation="threshold").allocation == "threshold"
-    assert PruneOptions().allocation == "penalty"
+    assert PruneOptions(preset="paper").allocation == "penalty"
 
 
 @pytest.mark.parametrize(
@@ -159,7 +183,13 @@ def test_every_flops_target_is_reachable_with_each_variant(variant, target):
 def test_layer_penalties_solve_each_layer_at_the_fraction_times_its_alpha_max(reduction):
     model, batches = _resnet20(), _batches()
     r = prune(
-        model, batches, flops_reduction=reduction, tolerance=0.02, penalty_scale="layer", progress=False
+        model,
+        batches,
+        flops_reduction=reduction,
+        tolerance=0.02,
+        preset="paper",
+        penalty_scale="layer",
+        progress=False,
     )
     acts = _captured(model, batches, [d.consumer for d in r.layers])
     for d in r.layers:
@@ -215,6 +245,21 @@ def test_the_lassos_order_is_path_entry_then_relevance():
     from apib.allocation import path_entry
 
     torch.testing.assert_close(r.key[on], path_entry(problem, True)[r.order[on]] / 2.0)
+
+
+@pytest.mark.parametrize("positive", [True, False])
+def test_a_ranking_stopped_after_its_first_k_channels_keeps_the_full_rankings_first_k(positive):
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(300, 40, generator=g, dtype=torch.float64) @ torch.randn(40, 40, generator=g).double()
+    y = a[:, :8] @ torch.randn(8, generator=g, dtype=torch.float64) + torch.randn(300, generator=g).double()
+    problem = ak.HSICLassoProblem(a.T @ a, a.T @ y, 300.0)
+    full = lasso_ranking(problem, positive)
+    entered = int((full.tier == 0).sum())
+    for k in (1, 2, 7, entered // 2, entered, 40):
+        stopped = lasso_ranking(problem, positive, first=k)
+        assert sorted(stopped.order[:k].tolist()) == sorted(full.order[:k].tolist()), k
+        if k < entered // 2:  # the stopped path leaves channels beyond the first k out
+            assert int((stopped.tier == 0).sum()) < entered
 
 
 @pytest.mark.parametrize("penalty_scale", ["global", "layer"])

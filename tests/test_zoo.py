@@ -144,11 +144,11 @@ def output_with_dropped_inputs_zeroed(model: nn.Module, groups, decisions, x: to
             h.remove()
 
 
-L1_ALLOCATION = {"regnet_y_400mf": "threshold"}
-"""L1 takes its papers' one pruning ratio for every layer, except where that ratio cannot land near a
-target: RegNetY-400MF's grouped convolutions have 8 channels per group, so each of its tied groups
-chooses among 8 positions and one shared ratio moves them all at once (0.3 gives 0.385); there L1 ranks
-filters under one global threshold."""
+ONE_RATIO_MISSES = {"regnet_y_400mf": "threshold"}
+"""L1 and APIB's default preset take one pruning ratio for every layer, except where that ratio cannot
+land near a target: RegNetY-400MF's grouped convolutions have 8 channels per group, so each of its tied
+groups chooses among 8 positions and one shared ratio moves them all at once (0.3 gives 0.385); there
+both rank channels under one global threshold."""
 
 OFF_TARGET = {
     ("ghostnet_050", "apib", 0.6): "the penalty search's channel counts jump across the target (0.641)",
@@ -179,7 +179,7 @@ def test_zoo_model_prunes_to_the_target_and_computes_what_the_original_computes(
     assert groups, f"{name}: no prunable group"
     target = min(reduction, 0.95 * largest)
     tol = 0.02
-    allocation = L1_ALLOCATION.get(name) if criterion == "l1" else None
+    allocation = ONE_RATIO_MISSES.get(name)
     r = prune(
         model,
         calib,
