@@ -150,12 +150,6 @@ land near a target: RegNetY-400MF's grouped convolutions have 8 channels per gro
 groups chooses among 8 positions and one shared ratio moves them all at once (0.3 gives 0.385); there
 both rank channels under one global threshold."""
 
-OFF_TARGET = {
-    ("ghostnet_050", "apib", 0.6): "the penalty search's channel counts jump across the target (0.641)",
-}
-"""Runs whose reduction lands outside the tolerance; the surgery is checked all the same. Reaching
-every target is apib.allocation's part of issue 15."""
-
 
 @pytest.fixture(scope="module", params=list(ZOO))
 def zoo(request):
@@ -204,8 +198,6 @@ def test_zoo_model_prunes_to_the_target_and_computes_what_the_original_computes(
         out = copy.deepcopy(r.model).double()(x.double())
     assert (out - zeroed).abs().max() <= 1e-9 * zeroed.abs().max()
     reached = abs(r.flops_after - r.flops_target) <= tol * r.flops_target
-    if not reached and (name, criterion, reduction) in OFF_TARGET:
-        pytest.xfail(OFF_TARGET[name, criterion, reduction])
     assert reached, f"{name}: {r.flops_reduction:.3f} for a target of {target:.3f}"
 
 
